@@ -1,0 +1,472 @@
+"""Experiment configuration: one YAML file per experiment, mapped onto typed dataclasses.
+
+Defaults live in the dataclasses below; a YAML file overrides them, and ``--set key=value``
+overrides the file (values are parsed as YAML, so ``--set teacher.lr=3e-4`` gives a float).
+Every error names the file, the line and the dotted key.
+
+The loader is written here rather than taken from OmegaConf because errors must carry the YAML
+line, which OmegaConf does not keep.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from slade.errors import ConfigError
+
+
+@dataclass
+class DataConfig:
+    """Which images the run learns from and is tested on, and how they are decoded."""
+
+    # glyphs: the embedded default (fonts inside matplotlib, no files needed);
+    # omniglot-shift: the benchmark of ../shared/data/README.md;
+    # folders: class-per-folder trees or `path,label` CSV lists named by `labeled`, `test`, ...
+    dataset: Literal["glyphs", "omniglot-shift", "folders"] = "glyphs"
+    # Data root for omniglot-shift; empty means $SLADE_DATA_ROOT, else ../shared/data.
+    root: str = ""
+    # omniglot-shift pool: `disjoint` (unseen alphabets) or `overlap` (includes the train alphabets).
+    pool: Literal["disjoint", "overlap"] = "disjoint"
+    # folders: a class-folder tree or a CSV list for each part; `gallery` only for query/gallery.
+    labeled: str = ""
+    test: str = ""
+    unlabeled: str = ""
+    gallery: str = ""
+    # `shift`: the unlabeled pool comes from another source (SLADE's setting);
+    # `traditional`: a random `labeled_fraction` of the labeled set stays labeled, the rest is the pool.
+    setting: Literal["shift", "traditional"] = "shift"
+    labeled_fraction: float = 0.1
+    # glyphs: number of labeled (train) and test character classes.
+    glyph_train_classes: int = 160
+    glyph_test_classes: int = 80
+    glyph_images_per_class: int = 20
+    glyph_pool_size: int = 6000
+    # Decoding: images are converted to `channels`, resized so the shorter side is `resize`
+    # (0 means `image_size`), and cropped to `image_size` by the transforms.
+    image_size: int = 28
+    resize: int = 0
+    channels: Literal[1, 3] = 1
+    # Invert grey images whose background is light, so every source has bright ink on dark.
+    dark_background: bool = True
+    # `strokes`: small affine jitter (characters, glyphs); `photo`: random resized crop + flip.
+    augmentation: Literal["strokes", "photo", "none"] = "strokes"
+    # A class with fewer images cannot form positive pairs: `drop` it (reported) or `error`.
+    min_images_per_class: int = 2
+    small_classes: Literal["drop", "error"] = "drop"
+    # Unreadable images are skipped and listed, up to this fraction of a set; beyond it, an error.
+    max_bad_fraction: float = 0.01
+    # Keep decoded images in memory: `auto` does so when they fit in `cache_limit_mb`.
+    cache: Literal["auto", "always", "never"] = "auto"
+    cache_limit_mb: int = 2048
+
+
+@dataclass
+class ModelConfig:
+    """The embedding network f(x): backbone -> pooling -> linear -> L2 normalisation."""
+
+    # A slade CPU network (`convnet4`, `convnet6`) or any timm model name (`resnet50`).
+    backbone: str = "convnet4"
+    pretrained: bool = False
+    embedding_dim: int = 128
+    # Channel width of the slade CPU networks (ignored for timm backbones).
+    width: int = 64
+    pooling: Literal["avg", "max", "avgmax"] = "avg"
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation and bookkeeping shared by every training stage."""
+
+    steps: int = 1000
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    warmup_steps: int = 50
+    # Batches are m-per-class: `batch_size / m_per_class` classes, `m_per_class` images each.
+    batch_size: int = 64
+    m_per_class: int = 4
+    eval_every: int = 0
+    checkpoint_every: int = 200
+    log_every: int = 20
+    num_workers: int = 0
+
+
+@dataclass
+class PretrainConfig(TrainConfig):
+    """Stage 0: SwAV on the labeled and unlabeled images together, labels ignored."""
+
+    enabled: bool = True
+    steps: int = 600
+    lr: float = 2e-3
+    batch_size: int = 128
+    large_crops: int = 2
+    large_crop_scale: tuple[float, float] = (0.5, 1.0)
+    small_crops: int = 4
+    small_crop_size: int = 16
+    small_crop_scale: tuple[float, float] = (0.2, 0.5)
+    projection_hidden_dim: int = 256
+    projection_dim: int = 64
+    prototypes: int = 300
+    temperature: float = 0.1
+    sinkhorn_epsilon: float = 0.05
+    sinkhorn_iterations: int = 3
+    freeze_prototypes_steps: int = 100
+    # A queue of past projections steadies Sinkhorn when batches are smaller than `prototypes`.
+    queue_length: int = 0
+    queue_start_step: int = 0
+
+
+@dataclass
+class TeacherConfig(TrainConfig):
+    """Stage 1: the teacher, trained on the labeled set with a ranking loss."""
+
+    steps: int = 1500
+    # Any pytorch-metric-learning loss by class name, or `contrastive` / `multi_similarity`.
+    loss: str = "multi_similarity"
+    loss_args: dict[str, Any] = field(default_factory=dict)
+    # A pytorch-metric-learning miner by class name, or empty for none.
+    miner: str = "multi_similarity"
+    miner_args: dict[str, Any] = field(default_factory=dict)
+    # Start from the stage-0 weights when stage 0 ran.
+    init: Literal["pretrain", "random"] = "pretrain"
+
+
+@dataclass
+class PseudoLabelConfig:
+    """Stage 2: k-means of the teacher's embeddings of the unlabeled pool."""
+
+    clusters: int = 300
+    iterations: int = 25
+    redo: int = 1
+
+
+@dataclass
+class StudentConfig(TrainConfig):
+    """Stage 3: the student, with feature basis learning and confident pseudo pairs."""
+
+    steps: int = 1500
+    # Each step sees `batch_size` labeled and `unlabeled_batch_size` unlabeled images.
+    unlabeled_batch_size: int = 64
+    unlabeled_m_per_class: int = 4
+    loss: str = "multi_similarity"
+    loss_args: dict[str, Any] = field(default_factory=dict)
+    miner: str = "multi_similarity"
+    miner_args: dict[str, Any] = field(default_factory=dict)
+    init: Literal["teacher", "pretrain"] = "teacher"
+    rounds: int = 1
+    # Feature basis: `basis_size` vectors (0 means one per labeled class, k = C_l).
+    basis_size: int = 0
+    basis_scale: float = 16.0
+    basis_lr: float = 1e-2
+    basis_warmup_steps: int = 300
+    sd_margin: float = 0.5
+    sd_variance_weight: float = 1.0
+    momentum: float = 0.99
+    # `confident`: Eq. 7; `thresholds_only`: Eq. 7 without the pseudo-label condition;
+    # `all_pairs`: every pseudo pair, no basis (the naive student).
+    mining: Literal["confident", "thresholds_only", "all_pairs"] = "confident"
+    lambda1: float = 1.0
+    lambda2: float = 1.0
+
+
+@dataclass
+class EvaluationConfig:
+    """Retrieval evaluation on the test classes."""
+
+    recall_at: list[int] = field(default_factory=lambda: [1, 2, 4, 8])
+    # Queries per chunk of the exact neighbour search (bounds memory).
+    chunk_size: int = 4096
+    batch_size: int = 256
+
+
+@dataclass
+class Config:
+    """One SLADE experiment."""
+
+    seed: int = 0
+    # `auto` picks CUDA when present.
+    device: str = "auto"
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    pseudo_labels: PseudoLabelConfig = field(default_factory=PseudoLabelConfig)
+    student: StudentConfig = field(default_factory=StudentConfig)
+    evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading
+
+
+class _Where:
+    """Where each dotted key was written (``file:line`` or ``--set``), for error messages."""
+
+    def __init__(self, file: str) -> None:
+        self.file = file
+        self.origin: dict[str, str] = {}
+
+    def __call__(self, key: str) -> str:
+        if key in self.origin:
+            return self.origin[key]
+        inner = [v for k, v in self.origin.items() if k.startswith(key + ".")]
+        return inner[0] if inner else self.file
+
+
+def _node_to_python(node: yaml.Node, prefix: str, where: _Where) -> Any:
+    """Convert a composed YAML node to Python, recording the line of each mapping key."""
+    if isinstance(node, yaml.MappingNode):
+        out: dict[str, Any] = {}
+        for key_node, value_node in node.value:
+            key = str(key_node.value)
+            dotted = f"{prefix}.{key}" if prefix else key
+            where.origin[dotted] = f"{where.file}:{key_node.start_mark.line + 1}"
+            if key in out:
+                raise ConfigError(f"{where(dotted)}: {dotted}: duplicate key")
+            out[key] = _node_to_python(value_node, dotted, where)
+        return out
+    if isinstance(node, yaml.SequenceNode):
+        return [_node_to_python(v, prefix, where) for v in node.value]
+    return yaml.safe_load(yaml.serialize(node))
+
+
+def _read_yaml(path: Path, where: _Where) -> dict[str, Any]:
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read config ({exc.strerror or exc})") from None
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = f":{mark.line + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"{path}{line}: invalid YAML: {problem}") from None
+    if node is None:
+        return {}
+    data = _node_to_python(node, "", where)
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: a config must be a mapping of sections, not {type(data).__name__}")
+    return data
+
+
+def _type_name(tp: Any) -> str:
+    if typing.get_origin(tp) is Literal:
+        return " | ".join(repr(a) for a in typing.get_args(tp))
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce(value: Any, tp: Any, key: str, where: _Where) -> Any:
+    """Check ``value`` against the annotation ``tp``; return it converted where lossless."""
+    origin = typing.get_origin(tp)
+    bad = ConfigError(
+        f"{where(key)}: {key}: expected {_type_name(tp)}, got {value!r} ({type(value).__name__})"
+    )
+    if tp is Any:
+        return value
+    if origin is Literal:
+        if value in typing.get_args(tp) and type(value) is type(
+            typing.get_args(tp)[typing.get_args(tp).index(value)]
+        ):
+            return value
+        raise bad
+    if origin in (typing.Union, types.UnionType):
+        for arg in typing.get_args(tp):
+            try:
+                return _coerce(value, arg, key, where)
+            except ConfigError:
+                continue
+        raise bad
+    if tp is type(None):
+        if value is None:
+            return None
+        raise bad
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise bad
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise bad
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads `3e-4` (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                raise bad from None
+        raise bad
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise bad
+    if origin in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise bad
+        args = typing.get_args(tp)
+        if origin is tuple:
+            if len(value) != len(args):
+                raise bad
+            return tuple(_coerce(v, a, key, where) for v, a in zip(value, args))
+        return [_coerce(v, args[0], key, where) for v in value]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise bad
+        return dict(value)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where(key)}: {key}: expected a mapping of settings, got {value!r}")
+        return _build(tp, value, key, where)
+    raise TypeError(f"unsupported config annotation {tp!r} for {key}")
+
+
+def _build(cls: type, values: dict[str, Any], prefix: str, where: _Where) -> Any:
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    kwargs: dict[str, Any] = {}
+    for key, value in values.items():
+        dotted = f"{prefix}.{key}" if prefix else key
+        if key not in names:
+            raise ConfigError(
+                f"{where(dotted)}: {dotted}: unknown key (known: {', '.join(sorted(names))})"
+            )
+        kwargs[key] = _coerce(value, hints[key], dotted, where)
+    return cls(**kwargs)
+
+
+def _set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
+    parts = dotted.split(".")
+    node = data
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"--set {dotted}: {part} is a value, not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def parse_overrides(overrides: list[str]) -> dict[str, Any]:
+    """``["teacher.lr=3e-4", ...]`` -> nested dict, values parsed as YAML scalars."""
+    data: dict[str, Any] = {}
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set {item}: expected KEY=VALUE, e.g. teacher.lr=3e-4")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError:
+            value = raw
+        _set_dotted(data, key.strip(), value)
+    return data
+
+
+def _merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Read a YAML config (or the defaults when ``path`` is None) and apply ``--set`` overrides."""
+    where = _Where(str(path) if path else "<defaults>")
+    data = _read_yaml(Path(path), where) if path else {}
+    if overrides:
+        parsed = parse_overrides(overrides)
+        for key in _flatten(parsed):
+            where.origin[key] = "--set"
+        data = _merge(data, parsed)
+    config = _coerce(data, Config, "", where) if data else Config()
+    validate(config)
+    return config
+
+
+def _flatten(data: dict[str, Any], prefix: str = "") -> list[str]:
+    keys = []
+    for key, value in data.items():
+        dotted = f"{prefix}.{key}" if prefix else key
+        keys.extend(_flatten(value, dotted) if isinstance(value, dict) else [dotted])
+    return keys
+
+
+def validate(config: Config) -> None:
+    """Cross-field checks that types alone cannot express."""
+    checks: list[tuple[bool, str]] = [
+        (config.data.image_size >= 8, "data.image_size: must be at least 8"),
+        (0.0 <= config.data.max_bad_fraction <= 1.0, "data.max_bad_fraction: must be in [0, 1]"),
+        (0.0 < config.data.labeled_fraction < 1.0, "data.labeled_fraction: must be in (0, 1)"),
+        (config.data.min_images_per_class >= 2, "data.min_images_per_class: must be at least 2"),
+        (config.model.embedding_dim >= 2, "model.embedding_dim: must be at least 2"),
+        (config.pseudo_labels.clusters >= 2, "pseudo_labels.clusters: must be at least 2"),
+        (config.student.rounds >= 1, "student.rounds: must be at least 1"),
+        (0.0 <= config.student.momentum < 1.0, "student.momentum: must be in [0, 1)"),
+        (bool(config.evaluation.recall_at), "evaluation.recall_at: give at least one K"),
+        (all(k >= 1 for k in config.evaluation.recall_at), "evaluation.recall_at: K must be >= 1"),
+    ]
+    for name in ("pretrain", "teacher", "student"):
+        stage: TrainConfig = getattr(config, name)
+        checks += [
+            (stage.steps >= 0, f"{name}.steps: must be >= 0"),
+            (stage.lr > 0, f"{name}.lr: must be > 0"),
+            (stage.batch_size >= 2, f"{name}.batch_size: must be at least 2"),
+            (stage.m_per_class >= 2 or name == "pretrain", f"{name}.m_per_class: must be at least 2"),
+            (
+                name == "pretrain" or stage.batch_size % stage.m_per_class == 0,
+                f"{name}.batch_size: must be a multiple of {name}.m_per_class ({stage.m_per_class})",
+            ),
+        ]
+    s = config.student
+    checks.append(
+        (
+            s.unlabeled_batch_size % s.unlabeled_m_per_class == 0,
+            "student.unlabeled_batch_size: must be a multiple of student.unlabeled_m_per_class",
+        )
+    )
+    for ok, message in checks:
+        if not ok:
+            raise ConfigError(message)
+
+
+def to_dict(config: Config) -> dict[str, Any]:
+    """The config as plain YAML-ready data (tuples become lists)."""
+
+    def plain(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {k: plain(v) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [plain(v) for v in value]
+        return value
+
+    return plain(dataclasses.asdict(config))
+
+
+def dump_config(config: Config) -> str:
+    return yaml.safe_dump(to_dict(config), sort_keys=False)
+
+
+def diff_configs(a: Config, b: Config) -> list[str]:
+    """Dotted keys whose values differ between two configs."""
+    flat_a, flat_b = _flat_values(to_dict(a)), _flat_values(to_dict(b))
+    return sorted(k for k in flat_a.keys() | flat_b.keys() if flat_a.get(k) != flat_b.get(k))
+
+
+def _flat_values(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        dotted = f"{prefix}.{key}" if prefix else key
+        if isinstance(value, dict) and value:
+            out.update(_flat_values(value, dotted))
+        else:
+            out[dotted] = value
+    return out

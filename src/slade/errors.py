@@ -1,0 +1,21 @@
+"""Errors that reach the user as one line: what is wrong and where."""
+
+
+class SladeError(Exception):
+    """Base class for every error the command line reports without a traceback."""
+
+
+class ConfigError(SladeError):
+    """A config file or override is invalid (names the file, line and key)."""
+
+
+class DataError(SladeError):
+    """Input data is missing, unreadable or does not fit the protocol (names the file)."""
+
+
+class CheckpointError(SladeError):
+    """A checkpoint is corrupt, unsafe or belongs to another model."""
+
+
+class TrainingError(SladeError):
+    """Training cannot go on (non-finite loss, nothing to learn from)."""
