@@ -150,7 +150,8 @@ class PseudoLabelConfig:
 class StudentConfig(TrainConfig):
     """Stage 3: the student, with feature basis learning and confident pseudo pairs."""
 
-    steps: int = 1500
+    # All steps, the first `basis_warmup_steps` of which train the feature basis alone.
+    steps: int = 1800
     # Each step sees `batch_size` labeled and `unlabeled_batch_size` unlabeled images.
     unlabeled_batch_size: int = 64
     unlabeled_m_per_class: int = 4

@@ -1,0 +1,139 @@
+"""From the ``data`` section of a config to decoded, validated training and test sets."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from slade.config import DataConfig
+from slade.data.datasets import ImageDataset, fits_in_memory
+from slade.data.images import BadImage, Decoder
+from slade.data.records import DataSplits, ImageSet
+from slade.errors import ConfigError, DataError
+
+
+def build_splits(data: DataConfig, seed: int) -> DataSplits:
+    """The labeled, unlabeled and test sets the config names (records only, nothing decoded)."""
+    if data.dataset == "glyphs":
+        from slade.data.glyphs import glyph_splits
+
+        splits = glyph_splits(
+            train_classes=data.glyph_train_classes,
+            test_classes=data.glyph_test_classes,
+            images_per_class=data.glyph_images_per_class,
+            pool_size=data.glyph_pool_size,
+            seed=seed,
+        )
+    elif data.dataset == "omniglot-shift":
+        from slade.data.protocols import omniglot_shift
+
+        splits = omniglot_shift(data.root or None, data.pool)
+    else:
+        splits = _folder_splits(data)
+    if data.setting == "traditional":
+        from slade.data.protocols import traditional_split
+
+        labeled, unlabeled = traditional_split(splits.labeled, data.labeled_fraction, seed)
+        splits = DataSplits(labeled, unlabeled, splits.test, splits.gallery)
+    return splits
+
+
+def _read_any(path: str, labeled: bool, name: str) -> ImageSet:
+    from slade.data.folders import read_class_folders, read_csv_list
+
+    p = Path(path)
+    if p.suffix.lower() == ".csv":
+        image_set = read_csv_list(p, labeled=labeled, domain=name)
+    else:
+        image_set = read_class_folders(p, labeled=labeled, domain=name)
+    image_set.name = name
+    return image_set
+
+
+def _folder_splits(data: DataConfig) -> DataSplits:
+    for key in ("labeled", "test"):
+        if not getattr(data, key):
+            raise ConfigError(f"data.{key}: the folders dataset needs a class-folder tree or CSV")
+    labeled = _read_any(data.labeled, True, "labeled")
+    test = _read_any(data.test, True, "test")
+    if data.unlabeled:
+        unlabeled = _read_any(data.unlabeled, False, "unlabeled")
+    elif data.setting == "traditional":
+        unlabeled = ImageSet([], [], labeled=False, name="unlabeled")
+    else:
+        raise ConfigError("data.unlabeled: give the unlabeled pool, or set data.setting: traditional")
+    gallery = _read_any(data.gallery, True, "gallery") if data.gallery else None
+    return DataSplits(labeled, unlabeled, test, gallery)
+
+
+@dataclass
+class PreparedData:
+    """Decoded sets ready for training and evaluation, and what was left out on the way."""
+
+    labeled: ImageDataset
+    unlabeled: ImageDataset
+    test: ImageDataset
+    gallery: ImageDataset | None
+    dropped_classes: dict[str, list[str]] = field(default_factory=dict)
+
+    @property
+    def bad_images(self) -> list[tuple[str, BadImage]]:
+        parts = {"labeled": self.labeled, "unlabeled": self.unlabeled, "test": self.test}
+        if self.gallery is not None:
+            parts["gallery"] = self.gallery
+        return [(name, bad) for name, ds in parts.items() for bad in ds.bad]
+
+    def summary(self) -> dict:
+        parts = {"labeled": self.labeled, "unlabeled": self.unlabeled, "test": self.test}
+        if self.gallery is not None:
+            parts["gallery"] = self.gallery
+        return {
+            name: {
+                "images": len(ds),
+                "classes": len(ds.image_set.class_counts()),
+                "domains": sorted(set(ds.image_set.domains)),
+                "unreadable_skipped": len(ds.bad),
+            }
+            for name, ds in parts.items()
+        } | {"dropped_classes": self.dropped_classes}
+
+
+def prepare(splits: DataSplits, data: DataConfig) -> PreparedData:
+    """Decode every set and enforce the per-class minimum on labeled sets.
+
+    Raises:
+        DataError: an empty labeled or test set, too many unreadable images, or (with
+            ``small_classes: error``) a class too small to form a positive pair.
+    """
+    from slade.data.protocols import enforce_min_per_class
+
+    decoder = Decoder(data.channels, data.resize or data.image_size, data.dark_background)
+    dropped: dict[str, list[str]] = {}
+
+    def load(image_set: ImageSet, name: str, min_per_class: bool) -> ImageDataset:
+        if min_per_class:
+            image_set, gone = enforce_min_per_class(image_set, data.min_images_per_class,
+                                                    data.small_classes)
+            if gone:
+                dropped[name] = gone
+        image_set.name = image_set.name or name
+        cache = data.cache == "always" or (
+            data.cache == "auto" and fits_in_memory(len(image_set), decoder, data.cache_limit_mb)
+        )
+        dataset = ImageDataset(image_set, decoder, cache, data.max_bad_fraction)
+        if min_per_class and dataset.bad:  # a dropped image can leave a class too small
+            image_set, gone = enforce_min_per_class(dataset.image_set, data.min_images_per_class,
+                                                    data.small_classes)
+            if gone:
+                dropped.setdefault(name, []).extend(gone)
+                dataset = ImageDataset(image_set, decoder, cache, data.max_bad_fraction)
+        return dataset
+
+    labeled = load(splits.labeled, "labeled", True)
+    test = load(splits.test, "test", splits.gallery is None)
+    for name, ds in (("labeled", labeled), ("test", test)):
+        if len(ds) == 0:
+            raise DataError(f"the {name} set is empty after dropping unusable images and classes")
+    unlabeled = load(splits.unlabeled, "unlabeled", False)
+    gallery = load(splits.gallery, "gallery", False) if splits.gallery is not None else None
+    return PreparedData(labeled, unlabeled, test, gallery, dropped)

@@ -1,0 +1,137 @@
+import json
+import pickle
+
+import pytest
+import torch
+
+from slade.config import DataConfig, ModelConfig, TeacherConfig
+from slade.data.datasets import ImageDataset
+from slade.data.folders import read_class_folders
+from slade.data.images import Decoder
+from slade.engine.checkpoint import load_checkpoint
+from slade.engine.trainer import fit, warmup_cosine
+from slade.errors import CheckpointError, TrainingError
+from slade.models.embedder import create_embedder
+from slade.stages.teacher import RankingStage
+
+CPU = torch.device("cpu")
+
+
+def make_stage(class_tree, seed=0, **overrides):
+    data = DataConfig(dataset="folders", image_size=28)
+    dataset = ImageDataset(read_class_folders(class_tree), Decoder(1, 28, True))
+    cfg = TeacherConfig(**{"steps": 6, "batch_size": 8, "m_per_class": 2, "warmup_steps": 2,
+                           "checkpoint_every": 3, "log_every": 1, **overrides})
+    torch.manual_seed(seed)
+    model = create_embedder(ModelConfig(width=8, embedding_dim=16), 1)
+    return RankingStage(model, dataset, cfg, data, seed), cfg
+
+
+def weights(stage):
+    return {k: v.clone() for k, v in stage.model.state_dict().items()}
+
+
+def test_warmup_cosine_schedule():
+    f = warmup_cosine(total=10, warmup=2)
+    assert [round(f(s), 3) for s in (0, 1, 2, 6, 10)] == [0.5, 1.0, 1.0, 0.5, 0.0]
+    shifted = warmup_cosine(total=12, warmup=2, start=2)
+    assert shifted(0) == shifted(1) == 0.0 and shifted(2) == f(0) and shifted(8) == f(6)
+
+
+def test_training_changes_weights_and_logs_every_step(class_tree, tmp_path):
+    stage, cfg = make_stage(class_tree)
+    before = weights(stage)
+    result = fit(stage, cfg, tmp_path / "run", CPU)
+    assert result.steps == 6
+    assert any(not torch.equal(before[k], v) for k, v in stage.model.state_dict().items())
+    log = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert [e["step"] for e in log] == [1, 2, 3, 4, 5, 6]
+    assert all(e["loss"] >= 0 and e["images_per_s"] > 0 for e in log)
+
+
+def test_same_seed_gives_identical_weights(class_tree, tmp_path):
+    a, cfg = make_stage(class_tree)
+    fit(a, cfg, tmp_path / "a", CPU)
+    b, _ = make_stage(class_tree)
+    fit(b, cfg, tmp_path / "b", CPU)
+    for key, value in weights(a).items():
+        assert torch.equal(value, b.model.state_dict()[key]), key
+
+
+def test_resume_after_interruption_equals_uninterrupted_run(class_tree, tmp_path):
+    reference, cfg = make_stage(class_tree)
+    fit(reference, cfg, tmp_path / "reference", CPU)
+
+    interrupted, _ = make_stage(class_tree)
+    original = interrupted.loss_terms
+
+    def crash_at_step_4(batch, step):
+        if step == 4:
+            raise KeyboardInterrupt
+        return original(batch, step)
+
+    interrupted.loss_terms = crash_at_step_4
+    with pytest.raises(KeyboardInterrupt):
+        fit(interrupted, cfg, tmp_path / "run", CPU)
+    assert load_checkpoint(tmp_path / "run" / "checkpoint.pt")["step"] == 3
+
+    resumed, _ = make_stage(class_tree)  # a fresh process would start from new weights
+    result = fit(resumed, cfg, tmp_path / "run", CPU)
+    assert result.steps == 3
+    for key, value in weights(reference).items():
+        assert torch.allclose(value, resumed.model.state_dict()[key], atol=1e-6), key
+    steps = [json.loads(x)["step"] for x in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 4, 5, 6]
+
+
+def test_resume_with_other_settings_is_refused(class_tree, tmp_path):
+    stage, cfg = make_stage(class_tree)
+    fit(stage, cfg, tmp_path / "run", CPU, fingerprint={"lr": 1})
+    stage, cfg = make_stage(class_tree)
+    with pytest.raises(CheckpointError, match=r"checkpoint.pt: was written with other settings \(lr\)"):
+        fit(stage, cfg, tmp_path / "run", CPU, fingerprint={"lr": 2})
+
+
+def test_non_finite_loss_stops_naming_the_term(class_tree, tmp_path):
+    stage, cfg = make_stage(class_tree)
+    original = stage.loss_terms
+
+    def nan_at_step_5(batch, step):
+        terms = original(batch, step)
+        if step == 4:
+            terms["rank_unlabeled"] = torch.tensor(float("nan"))
+        return terms
+
+    stage.loss_terms = nan_at_step_5
+    with pytest.raises(TrainingError, match=r"teacher step 5: loss term 'rank_unlabeled' is nan; "
+                                            r"the last good checkpoint is .*checkpoint.pt"):
+        fit(stage, cfg, tmp_path / "run", CPU)
+    assert load_checkpoint(tmp_path / "run" / "checkpoint.pt")["step"] == 3
+
+
+class Exploit:
+    def __reduce__(self):
+        return (print, ("this code ran while loading",))
+
+
+def test_checkpoint_with_pickled_objects_is_refused(tmp_path):
+    path = tmp_path / "evil.pt"
+    torch.save({"format": "slade.training-state", "payload": Exploit()}, path)
+    with pytest.raises(CheckpointError, match="refused: the file holds objects other than tensors"):
+        load_checkpoint(path)
+    path.write_bytes(pickle.dumps({"format": "x"}))
+    with pytest.raises(CheckpointError):
+        load_checkpoint(path)
+
+
+def test_corrupt_and_foreign_checkpoints(tmp_path):
+    good = tmp_path / "good.pt"
+    torch.save({"format": "slade.embedder", "state_dict": {}}, good)
+    truncated = tmp_path / "truncated.pt"
+    truncated.write_bytes(good.read_bytes()[:40])
+    with pytest.raises(CheckpointError, match="truncated.pt: corrupt or truncated checkpoint"):
+        load_checkpoint(truncated)
+    with pytest.raises(CheckpointError, match="is a slade.embedder checkpoint, expected slade.training"):
+        load_checkpoint(good, "slade.training-state")
+    with pytest.raises(CheckpointError, match="missing.pt: checkpoint not found"):
+        load_checkpoint(tmp_path / "missing.pt")

@@ -1,0 +1,75 @@
+import pytest
+
+from slade.config import Config, diff_configs, dump_config, load_config
+from slade.errors import ConfigError
+
+
+def write(tmp_path, text):
+    path = tmp_path / "exp.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_defaults_without_file():
+    config = load_config()
+    assert config == Config()
+    assert config.data.dataset == "glyphs"
+
+
+def test_yaml_overrides_defaults_and_set_overrides_yaml(tmp_path):
+    path = write(tmp_path, "seed: 3\nteacher:\n  lr: 0.01\n  loss_args: {pos_margin: 0.1}\n")
+    config = load_config(path, ["teacher.lr=3e-4", "evaluation.recall_at=[1, 10]"])
+    assert config.seed == 3
+    assert config.teacher.lr == pytest.approx(3e-4)  # `3e-4` is a string to YAML 1.1
+    assert config.teacher.loss_args == {"pos_margin": 0.1}
+    assert config.evaluation.recall_at == [1, 10]
+    assert config.student.lr == Config().student.lr
+
+
+def test_tuple_setting(tmp_path):
+    config = load_config(write(tmp_path, "pretrain:\n  large_crop_scale: [0.3, 1.0]\n"))
+    assert config.pretrain.large_crop_scale == (0.3, 1.0)
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("teacher:\n  lrr: 1\n", r"exp.yaml:2: teacher.lrr: unknown key"),
+        ("seed: 1\nteacher:\n  steps: many\n", r"exp.yaml:3: teacher.steps: expected int, got 'many'"),
+        ("data:\n  pool: sideways\n", r"exp.yaml:2: data.pool: expected 'disjoint' \| 'overlap'"),
+        ("teacher: 3\n", r"exp.yaml:1: teacher: expected a mapping"),
+        ("seed: 1\nseed: 2\n", r"exp.yaml:2: seed: duplicate key"),
+        ("teacher:\n  lr: [1\n", r"exp.yaml:\d+: invalid YAML"),
+        ("data:\n  cache: true\n", r"exp.yaml:2: data.cache: expected 'auto'"),
+        ("teacher:\n  batch_size: 30\n", r"teacher.batch_size: must be a multiple of teacher.m_per_class"),
+    ],
+)
+def test_errors_name_file_line_and_key(tmp_path, text, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(write(tmp_path, text))
+
+
+def test_override_errors_name_the_override():
+    with pytest.raises(ConfigError, match=r"^--set: teacher.lr: expected float, got 'fast'"):
+        load_config(None, ["teacher.lr=fast"])
+    with pytest.raises(ConfigError, match=r"--set nonsense: expected KEY=VALUE"):
+        load_config(None, ["nonsense"])
+    with pytest.raises(ConfigError, match=r"--set: nope: unknown key"):
+        load_config(None, ["nope=1"])
+
+
+def test_bool_is_not_an_int():
+    with pytest.raises(ConfigError, match="teacher.steps: expected int, got True"):
+        load_config(None, ["teacher.steps=true"])
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(ConfigError, match=r"missing.yaml: cannot read config"):
+        load_config(tmp_path / "missing.yaml")
+
+
+def test_dump_round_trip_and_diff(tmp_path):
+    config = load_config(None, ["teacher.lr=0.5", "pretrain.enabled=false"])
+    again = load_config(write(tmp_path, dump_config(config)))
+    assert again == config
+    assert diff_configs(config, Config()) == ["pretrain.enabled", "teacher.lr"]
