@@ -316,7 +316,7 @@ def _coerce(value: Any, tp: Any, key: str, where: _Where) -> Any:
         if origin is tuple:
             if len(value) != len(args):
                 raise bad
-            return tuple(_coerce(v, a, key, where) for v, a in zip(value, args))
+            return tuple(_coerce(v, a, key, where) for v, a in zip(value, args, strict=False))
         return [_coerce(v, args[0], key, where) for v in value]
     if origin is dict:
         if not isinstance(value, dict):

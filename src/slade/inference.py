@@ -157,7 +157,7 @@ class _Decoded(Dataset):
             array = self.decoder.decode(str(item))
         else:
             raise DataError(f"image {i}: expected a path or a PIL image, got {type(item).__name__}")
-        return torch.from_numpy(np.ascontiguousarray(array)).permute(2, 0, 1)
+        return torch.from_numpy(np.array(array, copy=True)).permute(2, 0, 1)
 
 
 def load_embedder(checkpoint: str | Path, device: str = "auto") -> Embedder:

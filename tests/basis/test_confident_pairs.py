@@ -22,7 +22,8 @@ def unit(*degrees):
 
 def pairs(output):
     a1, p, a2, n = output
-    return sorted(zip(a1.tolist(), p.tolist())), sorted(zip(a2.tolist(), n.tolist()))
+    return (sorted(zip(a1.tolist(), p.tolist(), strict=True)),
+            sorted(zip(a2.tolist(), n.tolist(), strict=True)))
 
 
 def test_keeps_only_pairs_whose_similarity_agrees_with_the_pseudo_label():

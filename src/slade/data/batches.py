@@ -103,7 +103,7 @@ class _Stream(IterableDataset):
         labels = torch.as_tensor(self.images.labels[b.indices])
         indices = torch.as_tensor(b.indices)
         if isinstance(views[0], list):  # multi-crop: a list of crops per image
-            return [torch.stack(v) for v in zip(*views)], labels, indices
+            return [torch.stack(v) for v in zip(*views, strict=False)], labels, indices
         return torch.stack(views), labels, indices
 
 

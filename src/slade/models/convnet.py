@@ -26,7 +26,7 @@ class ConvNet(nn.Module):
     def __init__(self, in_chans: int, widths: list[int], pools: list[bool]) -> None:
         super().__init__()
         blocks, cin = [], in_chans
-        for cout, pool in zip(widths, pools):
+        for cout, pool in zip(widths, pools, strict=False):
             blocks.append(_block(cin, cout, pool))
             cin = cout
         self.blocks = nn.Sequential(*blocks)

@@ -1,0 +1,3 @@
+from slade.cli import main
+
+main()

@@ -1,0 +1,121 @@
+"""Stage 2: pseudo labels — the teacher embeds the unlabeled pool, faiss k-means clusters it.
+
+Writes to the round's folder: ``embeddings.npy`` (the teacher's embeddings of the pool),
+``pseudo_labels.csv`` (index, source, pseudo label, distance to the centroid) and
+``clusters.json`` (cluster-size statistics; purity and NMI where the pool has hidden labels).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from dataclasses import dataclass
+from pathlib import Path
+
+import faiss
+import numpy as np
+from sklearn.metrics import normalized_mutual_info_score
+
+from slade.errors import DataError
+from slade.io import atomic_write, read_json, write_json, write_text
+from slade.stages.common import RunContext
+
+TABLE = "pseudo_labels.csv"
+STATS = "clusters.json"
+
+
+@dataclass
+class PseudoLabels:
+    """The pseudo label (cluster id) of each unlabeled image, and its distance to the centroid."""
+
+    labels: np.ndarray
+    distances: np.ndarray
+    sources: list[str]
+
+    def write(self, path: Path) -> None:
+        buffer = io.StringIO()
+        writer = csv.writer(buffer)
+        writer.writerow(["index", "source", "pseudo_label", "distance"])
+        rows = zip(self.sources, self.labels, self.distances, strict=True)
+        for i, (source, label, dist) in enumerate(rows):
+            writer.writerow([i, source, int(label), f"{float(dist):.6f}"])
+        write_text(path, buffer.getvalue())
+
+    @classmethod
+    def read(cls, path: Path) -> PseudoLabels:
+        with open(path, newline="") as f:
+            rows = list(csv.DictReader(f))
+        return cls(
+            np.array([int(r["pseudo_label"]) for r in rows], dtype=np.int64),
+            np.array([float(r["distance"]) for r in rows], dtype=np.float32),
+            [r["source"] for r in rows],
+        )
+
+
+def kmeans(embeddings: np.ndarray, k: int, iterations: int, seed: int, redo: int = 1,
+           gpu: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Spherical k-means with faiss: ``(labels, squared distances, centroids)``."""
+    n, d = embeddings.shape
+    if n == 0:
+        raise DataError("the unlabeled pool is empty: there is nothing to pseudo-label")
+    if k > n:
+        raise DataError(f"pseudo_labels.clusters={k} is larger than the unlabeled pool ({n} images)")
+    x = np.ascontiguousarray(embeddings, dtype=np.float32)
+    km = faiss.Kmeans(d, k, niter=iterations, seed=seed, nredo=redo, spherical=True,
+                      gpu=gpu, verbose=False, min_points_per_centroid=1)
+    km.train(x)
+    similarity, labels = km.index.search(x, 1)  # spherical k-means searches by inner product
+    distances = np.maximum(2.0 - 2.0 * similarity[:, 0], 0.0)  # squared distance of unit vectors
+    return labels[:, 0].astype(np.int64), distances, km.centroids
+
+
+def cluster_statistics(labels: np.ndarray, k: int, hidden: np.ndarray | None) -> dict:
+    """Cluster sizes, and purity / NMI against hidden labels where the pool has them."""
+    sizes = np.bincount(labels, minlength=k)
+    stats = {
+        "clusters": k,
+        "images": int(len(labels)),
+        "size_min": int(sizes.min()),
+        "size_median": float(np.median(sizes)),
+        "size_max": int(sizes.max()),
+        "empty": int((sizes == 0).sum()),
+        "singletons": int((sizes == 1).sum()),
+    }
+    if hidden is not None and len(hidden) and (hidden >= 0).all():
+        majority = sum(np.bincount(hidden[labels == c]).max() for c in np.unique(labels))
+        stats["purity"] = float(majority / len(labels))
+        stats["nmi"] = float(normalized_mutual_info_score(hidden, labels))
+    return stats
+
+
+def run_pseudo_labels(ctx: RunContext, teacher: str, out: Path) -> PseudoLabels:
+    """Embed the pool with the model of stage ``teacher`` and cluster it (skipped when done)."""
+    if (out / TABLE).is_file() and (out / STATS).is_file():
+        return PseudoLabels.read(out / TABLE)
+    pool = ctx.data.unlabeled
+    cfg = ctx.config.pseudo_labels
+    if len(pool) < 2:
+        raise DataError(f"the unlabeled pool has {len(pool)} image(s): SLADE needs a pool to cluster")
+    model = ctx.load_model(teacher).to(ctx.device)
+
+    # Stream the embeddings to disk: a large pool never has to fit in memory twice.
+    def write_embeddings(path: Path) -> None:
+        array = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32,
+                                          shape=(len(pool), model.embedding_dim))
+        ctx.embed(model, pool, out=array)
+        array.flush()
+
+    atomic_write(out / "embeddings.npy", write_embeddings)
+    embeddings = np.load(out / "embeddings.npy", mmap_mode="r")
+    labels, distances, _ = kmeans(embeddings, cfg.clusters, cfg.iterations, ctx.config.seed,
+                                  cfg.redo, gpu=ctx.device.type == "cuda" and faiss.get_num_gpus() > 0)
+    hidden = pool.labels if pool.image_set.has_labels else None
+    stats = cluster_statistics(labels, cfg.clusters, hidden) | {"teacher": teacher}
+    result = PseudoLabels(labels, distances, pool.image_set.sources)
+    result.write(out / TABLE)
+    write_json(out / STATS, stats)  # written last: marks the stage as done
+    return result
+
+
+def read_statistics(out: Path) -> dict:
+    return read_json(out / STATS)

@@ -1,0 +1,194 @@
+"""Stage 3: the student, trained on labeled and pseudo-labeled images (METHOD.md, Eq. 9).
+
+``L = L_rank(D_l) + lambda1 * L_rank(D_u on confident pairs) + lambda2 * (L_CE + L_SD)``
+
+Every step sees a labeled batch (m per class) and an unlabeled batch (m per pseudo label). The
+first ``basis_warmup_steps`` steps train the feature basis alone, so that the two Gaussians separate
+before they decide which pseudo pairs are confident.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from slade.basis.confident_pairs import ConfidentPairMiner
+from slade.basis.feature_basis import (
+    FeatureBasis,
+    pair_statistics,
+    similarity_distribution_loss,
+)
+from slade.config import DataConfig, StudentConfig
+from slade.data.batches import MPerClassBatches, batch_loader
+from slade.data.datasets import ImageDataset
+from slade.data.transforms import train_transform
+from slade.engine.trainer import config_fingerprint, fit
+from slade.errors import ConfigError, DataError
+from slade.losses import make_loss, make_miner
+from slade.models.embedder import EmbeddingNet
+from slade.stages.common import RunContext, finish_stage, stage_done, stage_metrics
+from slade.stages.pseudo_labels import read_statistics, run_pseudo_labels
+
+log = logging.getLogger("slade")
+
+# Warn when this many steps in a row mined no confident pair: the student would train on nothing.
+STARVED_STEPS = 50
+
+
+class StudentStage:
+    """SLADE's student objective, and its ablations (``mining``)."""
+
+    name = "student"
+
+    def __init__(self, model: EmbeddingNet, labeled: ImageDataset, unlabeled: ImageDataset,
+                 pseudo_labels: np.ndarray, config: StudentConfig, data: DataConfig, seed: int,
+                 name: str = "student") -> None:
+        self.name = name
+        self.model, self.config = model, config
+        self.labeled, self.unlabeled = labeled, unlabeled
+        self.pseudo_labels = torch.as_tensor(pseudo_labels)
+        num_classes = len(labeled.image_set.class_counts())
+        self.loss = make_loss(config.loss, config.loss_args, "student.loss",
+                              num_classes=num_classes, embedding_size=model.embedding_dim)
+        self.miner = make_miner(config.miner, config.miner_args, "student.miner")
+        self.uses_basis = config.mining != "all_pairs"
+        size = config.basis_size or num_classes
+        if size < num_classes:
+            raise ConfigError(f"student.basis_size={size}: needs at least one basis vector per "
+                              f"labeled class ({num_classes})")
+        self.basis = FeatureBasis(model.embedding_dim, size, config.basis_scale, config.momentum)
+        self.confident = ConfidentPairMiner(self.basis, config.mining == "confident")
+        self.labeled_batches = MPerClassBatches(labeled.labels, config.m_per_class,
+                                                config.batch_size, seed, stream=2)
+        self.unlabeled_batches = _pseudo_label_batches(pseudo_labels, config, seed)
+        self.transform = train_transform(data.augmentation, data.image_size, data.channels)
+        self.images_per_step = config.batch_size + config.unlabeled_batch_size
+        self.warmup = config.basis_warmup_steps if self.uses_basis else 0
+        self.last: dict[str, float] = {}
+        self.starved = 0
+
+    def modules(self) -> dict[str, nn.Module]:
+        return {"model": self.model, "loss": self.loss, "basis": self.basis}
+
+    def parameter_groups(self) -> list[dict[str, Any]]:
+        groups = [{"params": list(self.model.parameters()), "start_step": self.warmup}]
+        if any(True for _ in self.loss.parameters()):
+            groups.append({"params": list(self.loss.parameters()), "start_step": self.warmup})
+        if self.uses_basis:
+            groups.append({"params": list(self.basis.parameters()),
+                           "lr_scale": self.config.basis_lr / self.config.lr})
+        return groups
+
+    def batches(self, start: int) -> Iterator[Any]:
+        labeled = batch_loader(self.labeled_batches, self.labeled, self.transform, start,
+                               self.config.num_workers)
+        unlabeled = batch_loader(self.unlabeled_batches, self.unlabeled, self.transform, start,
+                                 self.config.num_workers)
+        return zip(labeled, unlabeled, strict=False)
+
+    def loss_terms(self, batch: Any, step: int) -> dict[str, torch.Tensor]:
+        (x_l, y_l, _), (x_u, _, idx_u) = batch
+        y_u = self.pseudo_labels[idx_u.cpu()].to(y_l.device)
+        warming_up = step < self.warmup
+        with torch.set_grad_enabled(not warming_up):
+            z = self.model(torch.cat([x_l, x_u]))
+        z_l, z_u = z[: len(x_l)], z[len(x_l):]
+        terms: dict[str, torch.Tensor] = {}
+        if self.uses_basis:
+            terms["basis_ce"] = self.basis.classification_loss(z_l, y_l)           # Eq. 3
+            stats = pair_statistics(self.basis.similarity(z_u), y_u)             # Eqs. 4-5
+            terms["basis_sd"] = similarity_distribution_loss(
+                stats, self.config.sd_margin, self.config.sd_variance_weight)
+            self.basis.update_gaussians(stats)                                   # Eq. 6
+        if warming_up:
+            terms["loss"] = terms["basis_ce"] + terms["basis_sd"]
+            self.last = self.basis.gaussians()
+            return terms
+        terms["rank_labeled"] = self.loss(z_l, y_l, self.miner(z_l, y_l) if self.miner else None)
+        if self.uses_basis:
+            pairs = self.confident(z_u, y_u)                                     # Eq. 7
+            self._watch_starvation(pairs, step)
+        else:
+            pairs = self.miner(z_u, y_u) if self.miner else None
+        terms["rank_unlabeled"] = self.loss(z_u, y_u, pairs)
+        total = terms["rank_labeled"] + self.config.lambda1 * terms["rank_unlabeled"]
+        if self.uses_basis:
+            total = total + self.config.lambda2 * (terms["basis_ce"] + terms["basis_sd"])  # Eq. 9
+        terms["loss"] = total
+        self.last = {"pos_pairs": float(len(pairs[0])), "neg_pairs": float(len(pairs[2]))} if pairs else {}
+        if self.uses_basis:
+            self.last |= self.basis.gaussians()
+        return terms
+
+    def _watch_starvation(self, pairs: tuple, step: int) -> None:
+        if len(pairs[0]) and len(pairs[2]):
+            self.starved = 0
+            return
+        self.starved += 1
+        if self.starved == STARVED_STEPS:
+            g = self.basis.gaussians()
+            log.warning(
+                "%s step %d: %d steps in a row without confident positive and negative pairs "
+                "(last: %d positive, %d negative; mu+ %.3f, mu- %.3f): the unlabeled term is "
+                "not training; check the basis warm-up and pseudo_labels.clusters",
+                self.name, step + 1, STARVED_STEPS, len(pairs[0]), len(pairs[2]),
+                g["mu_pos"], g["mu_neg"])
+
+    def log_values(self) -> dict[str, float]:
+        return dict(self.last)
+
+
+def _pseudo_label_batches(pseudo_labels: np.ndarray, config: StudentConfig, seed: int):
+    # A cluster of one image cannot give a positive pair: such clusters are not sampled.
+    sizes = np.bincount(pseudo_labels)
+    usable = np.flatnonzero(sizes[pseudo_labels] >= 2)
+    needed = config.unlabeled_batch_size // config.unlabeled_m_per_class
+    if len(np.unique(pseudo_labels[usable])) < needed:
+        raise DataError(
+            f"only {len(np.unique(pseudo_labels[usable]))} pseudo-label clusters have 2 or more "
+            f"images; an unlabeled batch needs {needed}: lower student.unlabeled_batch_size or "
+            "raise pseudo_labels.clusters"
+        )
+    return _Subset(MPerClassBatches(pseudo_labels[usable], config.unlabeled_m_per_class,
+                                    config.unlabeled_batch_size, seed, stream=3), usable)
+
+
+class _Subset:
+    """Batches drawn over a subset of a dataset, mapped back to the dataset's indices."""
+
+    def __init__(self, sampler, indices: np.ndarray) -> None:
+        self.sampler, self.indices = sampler, indices
+
+    def __call__(self, batch: int):
+        b = self.sampler(batch)
+        return type(b)(self.indices[b.indices], b.seed)
+
+
+def run_student_round(ctx: RunContext, round_index: int) -> dict:
+    """Pseudo-label the pool with the current teacher, then train and evaluate a student."""
+    from slade.pipeline import student_name
+
+    name = student_name(round_index)
+    out = ctx.stage_dir(name)
+    if stage_done(out):
+        return stage_metrics(out)
+    teacher = "teacher" if round_index == 1 else student_name(round_index - 1)
+    labels_dir = ctx.stage_dir(student_name(round_index, "pseudo_labels"))
+    pseudo = run_pseudo_labels(ctx, teacher, labels_dir)
+    cfg = ctx.config.student
+    init = teacher if cfg.init == "teacher" else "pretrain"
+    if not stage_done(ctx.stage_dir(init)):
+        raise ConfigError(f"student.init={cfg.init}: stage {init} has no model in {ctx.run_dir}")
+    model = ctx.load_model(init)
+    stage = StudentStage(model, ctx.data.labeled, ctx.data.unlabeled, pseudo.labels, cfg,
+                         ctx.config.data, ctx.config.seed + round_index, name)
+    result = fit(stage, cfg, out, ctx.device, ctx.evaluator(model),
+                 fingerprint={"student": config_fingerprint(cfg), "init": init})
+    metrics = {**result.final_metrics, "train_seconds": round(result.seconds, 1), "init": init,
+               "pseudo_labels": read_statistics(labels_dir)}
+    return finish_stage(ctx, out, model, metrics)

@@ -1,0 +1,101 @@
+"""End to end: every stage on a tiny embedded data set, through the command line."""
+
+import json
+
+import numpy as np
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from slade.cli import app
+from slade.config import load_config
+from slade.pipeline import run
+
+TINY = [
+    "data.glyph_train_classes=12", "data.glyph_test_classes=6", "data.glyph_images_per_class=6",
+    "data.glyph_pool_size=160", "model.width=8", "model.embedding_dim=16",
+    "pretrain.steps=3", "pretrain.batch_size=32", "pretrain.prototypes=10",
+    "pretrain.freeze_prototypes_steps=1", "pretrain.small_crops=2",
+    "teacher.steps=4", "teacher.batch_size=16",
+    "student.steps=6", "student.basis_warmup_steps=2", "student.batch_size=16",
+    "student.unlabeled_batch_size=16", "student.log_every=1", "pseudo_labels.clusters=8",
+    "evaluation.batch_size=64",
+]
+METRIC_KEYS = {"recall@1", "recall@2", "recall@4", "recall@8", "map@r", "r_precision",
+               "precision@1", "nmi"}
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("run")
+    result = CliRunner().invoke(app, ["demo", "--out", str(out), *sum((["--set", o] for o in TINY), [])])
+    assert result.exit_code == 0, result.output
+    return out
+
+
+def test_demo_writes_config_metrics_and_every_stage(finished_run):
+    out = finished_run
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert list(metrics) == ["pretrain", "teacher", "student"]
+    for stage in metrics.values():
+        assert METRIC_KEYS <= stage.keys()
+        assert all(0.0 <= stage[k] <= 1.0 for k in METRIC_KEYS)
+    assert metrics["teacher"]["init"] == "pretrain"
+    assert metrics["student"]["pseudo_labels"]["clusters"] == 8
+    resolved = yaml.safe_load((out / "config.yaml").read_text())
+    assert resolved["teacher"]["steps"] == 4 and resolved["data"]["dataset"] == "glyphs"
+    for stage in ("pretrain", "teacher", "student"):
+        assert (out / stage / "model.pt").is_file() and (out / stage / "log.jsonl").is_file()
+    table = (out / "pseudo_labels" / "pseudo_labels.csv").read_text().splitlines()
+    assert table[0] == "index,source,pseudo_label,distance" and len(table) == 161
+    assert np.load(out / "pseudo_labels" / "embeddings.npy").shape == (160, 16)
+    data = json.loads((out / "data.json").read_text())
+    assert data["labeled"]["images"] == 72 and data["unlabeled"]["domains"] == ["stix-cm"]
+
+
+def test_student_logs_mined_pairs_and_gaussians(finished_run):
+    log = [json.loads(x) for x in (finished_run / "student" / "log.jsonl").read_text().splitlines()]
+    steps = [e for e in log if "loss" in e]
+    assert {"basis_ce", "basis_sd", "mu_pos", "mu_neg"} <= steps[0].keys()  # warm-up: basis only
+    assert "rank_unlabeled" not in steps[0]
+    full = steps[-1]
+    assert {"rank_labeled", "rank_unlabeled", "pos_pairs", "neg_pairs"} <= full.keys()
+
+
+def test_rerun_skips_finished_stages(finished_run):
+    before = {p: p.stat().st_mtime_ns for p in finished_run.rglob("model.pt")}
+    config = load_config(finished_run / "config.yaml")
+    again = run(config, finished_run)
+    assert again == json.loads((finished_run / "metrics.json").read_text())
+    assert {p: p.stat().st_mtime_ns for p in finished_run.rglob("model.pt")} == before
+
+
+def test_changed_config_on_existing_run_is_refused(finished_run):
+    result = CliRunner().invoke(
+        app, ["demo", "--out", str(finished_run), *sum((["--set", o] for o in TINY), []),
+              "--set", "teacher.lr=0.5"])
+    assert result.exit_code != 0
+    assert "made with another config (differs in teacher.lr)" in str(result.exception)
+
+
+def test_embed_command_and_python_api(finished_run, tmp_path, class_tree):
+    import slade
+
+    checkpoint = finished_run / "student" / "model.pt"
+    result = CliRunner().invoke(app, ["embed", str(checkpoint), str(class_tree),
+                                      "--out", str(tmp_path / "e.npy")])
+    assert result.exit_code == 0, result.output
+    vectors = np.load(tmp_path / "e.npy")
+    assert vectors.shape == (48, 16) and vectors.dtype == np.float32
+    assert np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+    files = (tmp_path / "e.txt").read_text().splitlines()
+    from PIL import Image
+    api = slade.load_embedder(checkpoint).embed([files[0], Image.open(files[1])])
+    assert np.allclose(api, vectors[:2], atol=1e-5)
+
+
+def test_until_stops_after_the_stage(tmp_path):
+    config = load_config(None, TINY + ["pretrain.enabled=false"])
+    metrics = run(config, tmp_path / "run", until="teacher")
+    assert list(metrics) == ["teacher"] and metrics["teacher"]["init"] == "random"
+    assert not (tmp_path / "run" / "student").exists()
