@@ -36,6 +36,10 @@ def _metrics_table(metrics: dict[str, dict]) -> Table:
     return table
 
 
+# The demo's config ships inside the package, so `slade demo` works from any directory.
+DEMO_CONFIG = Path(__file__).parent / "configs" / "demo.yaml"
+
+
 def _run(config_path: Path | None, out: Path, overrides: list[str], until: str | None,
          force: bool) -> None:
     from slade.config import load_config
@@ -67,7 +71,7 @@ def demo(
     until: Annotated[str | None, typer.Option(help="Stop after this stage.")] = None,
 ) -> None:
     """`slade run` on the embedded default data (glyphs from matplotlib's fonts, no files needed)."""
-    _run(None, out, overrides or [], until, False)
+    _run(DEMO_CONFIG, out, overrides or [], until, False)
 
 
 def _load_array(path: Path, what: str) -> np.ndarray:
