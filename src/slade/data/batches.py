@@ -109,14 +109,19 @@ class _Stream(IterableDataset):
 
 def batch_loader(
     sampler, images: Dataset, transform: Transform, start: int = 0, num_workers: int = 0,
-    pin_memory: bool = False,
+    pin_memory: bool | None = None,
 ) -> Iterator[tuple]:
-    """An endless iterator of ``(inputs, labels, indices)`` from batch number ``start`` on."""
+    """An endless iterator of ``(inputs, labels, indices)`` from batch number ``start`` on.
+
+    Loader workers pin their batches' memory when CUDA is present (``pin_memory=None``), so the
+    copy to the GPU can overlap the step.
+    """
     stream = _Stream(sampler, images, transform, start)
     if num_workers == 0:
         return iter(stream)
     loader = DataLoader(
-        stream, batch_size=None, num_workers=num_workers, pin_memory=pin_memory,
+        stream, batch_size=None, num_workers=num_workers,
+        pin_memory=torch.cuda.is_available() if pin_memory is None else pin_memory,
         persistent_workers=True, prefetch_factor=4,
     )
     return iter(loader)
