@@ -19,3 +19,18 @@ class CheckpointError(SladeError):
 
 class TrainingError(SladeError):
     """Training cannot go on (non-finite loss, nothing to learn from)."""
+
+
+class TooManyBadImages(DataError):
+    """More images of a set than ``data.max_bad_fraction`` cannot be read.
+
+    ``bad`` lists them as ``(split, BadImage)`` pairs, so that the run can write them out.
+    """
+
+    def __init__(self, message: str, bad: list | None = None) -> None:
+        super().__init__(message)
+        self.bad = bad or []
+
+
+class DistributedError(TrainingError):
+    """Another process of a distributed run stopped or stopped answering."""

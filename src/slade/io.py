@@ -15,20 +15,48 @@ from typing import Any
 
 import numpy as np
 
+from slade.engine.faults import kill_point
+
+PARTIAL_SUFFIX = ".tmp"
+
 
 def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
-    """Call ``write(tmp_path)`` and rename the result to ``path``."""
+    """Call ``write(tmp_path)``, flush it to disk and rename the result to ``path``.
+
+    A process killed before the rename leaves ``path`` as it was (and a ``.<name>.*.tmp`` file that
+    nothing reads; see :func:`remove_partial_writes`).
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=PARTIAL_SUFFIX, dir=path.parent)
     os.close(fd)
     try:
         write(Path(tmp))
+        with open(tmp, "rb+") as f:  # the rename must not reach the disk before the data
+            os.fsync(f.fileno())
+        kill_point(f"write:{path.name}")
         os.replace(tmp, path)
+        _fsync_folder(path.parent)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def _fsync_folder(folder: Path) -> None:
+    # The rename itself survives a power cut only once the folder is flushed (not on Windows).
+    if os.name == "posix":
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def remove_partial_writes(folder: str | Path) -> None:
+    """Delete the temporary files that killed atomic writes left in ``folder``."""
+    for tmp in Path(folder).glob(f".*{PARTIAL_SUFFIX}"):
+        tmp.unlink(missing_ok=True)
 
 
 def write_text(path: str | Path, text: str) -> Path:

@@ -9,7 +9,7 @@ from slade.data.datasets import ImageDataset
 from slade.data.folders import read_class_folders
 from slade.data.images import Decoder
 from slade.engine.checkpoint import load_checkpoint
-from slade.engine.trainer import fit, warmup_cosine
+from slade.engine.trainer import JsonlLog, fit, warmup_cosine
 from slade.errors import CheckpointError, TrainingError
 from slade.models.embedder import create_embedder
 from slade.stages.teacher import RankingStage
@@ -92,21 +92,83 @@ def test_resume_with_other_settings_is_refused(class_tree, tmp_path):
         fit(stage, cfg, tmp_path / "run", CPU, fingerprint={"lr": 2})
 
 
-def test_non_finite_loss_stops_naming_the_term(class_tree, tmp_path):
-    stage, cfg = make_stage(class_tree)
-    original = stage.loss_terms
+def nan_at(stage, failing_step, term="rank_unlabeled", times=1):
+    """Make ``term`` NaN at 0-based ``failing_step``, the first ``times`` times that step runs."""
+    original, left = stage.loss_terms, [times]
 
-    def nan_at_step_5(batch, step):
+    def loss_terms(batch, step):
         terms = original(batch, step)
-        if step == 4:
-            terms["rank_unlabeled"] = torch.tensor(float("nan"))
+        if step == failing_step and left[0]:
+            left[0] -= 1
+            terms[term] = torch.tensor(float("nan"))
         return terms
 
-    stage.loss_terms = nan_at_step_5
+    stage.loss_terms = loss_terms
+
+
+def finite(stage):
+    return all(torch.isfinite(v).all() for v in stage.model.state_dict().values() if v.is_floating_point())
+
+
+def test_non_finite_loss_stops_naming_the_term(class_tree, tmp_path):
+    stage, cfg = make_stage(class_tree, nonfinite="stop")
+    nan_at(stage, 4)
     with pytest.raises(TrainingError, match=r"teacher step 5: loss term 'rank_unlabeled' is nan; "
                                             r"the last good checkpoint is .*checkpoint.pt"):
         fit(stage, cfg, tmp_path / "run", CPU)
-    assert load_checkpoint(tmp_path / "run" / "checkpoint.pt")["step"] == 3
+    saved = load_checkpoint(tmp_path / "run" / "checkpoint.pt")
+    assert saved["step"] == 3
+    assert all(torch.isfinite(v).all() for v in saved["modules"]["model"].values() if v.is_floating_point())
+
+
+def test_non_finite_loss_rolls_back_skips_the_batch_and_finishes(class_tree, tmp_path, caplog):
+    stage, cfg = make_stage(class_tree)  # nonfinite: rollback by default
+    nan_at(stage, 4)
+    result = fit(stage, cfg, tmp_path / "run", CPU)
+    assert result.steps == 6 and finite(stage)
+    assert "teacher step 5: loss term 'rank_unlabeled' is nan; rolled back to step 3" in caplog.text
+    log = [json.loads(x) for x in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert [e["step"] for e in log] == [1, 2, 3, 3, 4, 5, 6]
+    assert log[3]["rollback"] == {"failed_step": 5, "fault": "loss term 'rank_unlabeled'", "value": "nan",
+                                  "skipped_batch": 4}
+    assert load_checkpoint(tmp_path / "run" / "checkpoint.pt")["position"] == {
+        "step": 6, "batch": 7, "skipped": [4], "rollbacks": 1}
+
+
+def test_rollback_before_the_first_checkpoint_and_the_rollback_limit(class_tree, tmp_path):
+    stage, cfg = make_stage(class_tree, max_rollbacks=2)
+    nan_at(stage, 1, term="loss", times=1)  # before the first periodic checkpoint: back to step 0
+    assert fit(stage, cfg, tmp_path / "once", CPU).steps == 6 and finite(stage)
+
+    stage, cfg = make_stage(class_tree, max_rollbacks=2)
+    nan_at(stage, 4, times=10)  # every batch tried at step 5 fails
+    with pytest.raises(TrainingError, match=r"teacher step 5: loss term 'rank_unlabeled' is nan, after 2 "
+                                            r"rollback\(s\) \(max_rollbacks=2\)"):
+        fit(stage, cfg, tmp_path / "always", CPU)
+    assert load_checkpoint(tmp_path / "always" / "checkpoint.pt")["position"]["skipped"] == [4, 5]
+
+
+def test_non_finite_gradient_is_caught_before_the_update(class_tree, tmp_path):
+    stage, cfg = make_stage(class_tree, nonfinite="stop")
+    original = stage.loss_terms
+
+    def infinite_gradient(batch, step):
+        terms = original(batch, step)
+        if step == 4:  # sqrt'(0) is infinite: the value stays finite, the gradient does not
+            terms["loss"] = terms["loss"] + torch.sqrt(stage.model.head.weight * 0).sum()
+        return terms
+
+    stage.loss_terms = infinite_gradient
+    with pytest.raises(TrainingError, match=r"teacher step 5: the gradient norm is nan"):
+        fit(stage, cfg, tmp_path / "run", CPU)
+    assert finite(stage)  # the optimiser never stepped on it
+
+
+def test_log_line_cut_by_a_kill_is_dropped_on_resume(tmp_path):
+    path = tmp_path / "log.jsonl"
+    path.write_text('{"step": 1, "loss": 1.0}\n{"step": 2, "loss": 0.9}\n{"step": 3, "lo')
+    JsonlLog(path, resume_step=2)
+    assert path.read_text() == '{"step": 1, "loss": 1.0}\n{"step": 2, "loss": 0.9}\n'
 
 
 class Exploit:

@@ -2,7 +2,9 @@
 
 Every batch is a pure function of ``(seed, batch number)``. A run resumed at step ``s`` therefore
 sees exactly the batches an uninterrupted run would, whatever the number of loader workers, and a
-distributed run can give each rank its own slice of the same global batch.
+distributed run gives each rank its own contiguous slice of the same global batch: each image's
+augmentation is seeded by the batch's seed and the image's place in the global batch, so the
+ranks' slices together are exactly the batch a single process would make.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 
 from slade.data.transforms import Transform
+from slade.engine import distributed
 from slade.errors import DataError
 
 
@@ -87,6 +90,7 @@ class _Stream(IterableDataset):
 
     def __init__(self, sampler, images: Dataset, transform: Transform, start: int):
         self.sampler, self.images, self.transform, self.start = sampler, images, transform, start
+        self.part = (distributed.rank(), distributed.world_size())  # loader workers are not ranks
 
     def __iter__(self) -> Iterator[tuple]:
         info = torch.utils.data.get_worker_info()
@@ -97,11 +101,17 @@ class _Stream(IterableDataset):
             batch += workers
 
     def _make(self, b: Batch) -> tuple:
-        # One seed per batch: torchvision's random transforms draw from torch's global generator.
-        torch.manual_seed(b.seed)
-        views = [self.transform(self.images[int(i)]) for i in b.indices]
-        labels = torch.as_tensor(self.images.labels[b.indices])
-        indices = torch.as_tensor(b.indices)
+        part = distributed.shard(len(b.indices), self.part)  # this rank's slice (all in one process)
+        positions = range(len(b.indices))[part]
+        chosen = b.indices[part]
+        views = []
+        for position, i in zip(positions, chosen, strict=True):
+            # One seed per image and place in the global batch: torchvision's random transforms draw
+            # from torch's global CPU generator. (b.seed < 2**31, so the seeds never collide.)
+            torch.default_generator.manual_seed((b.seed << 20) + position)
+            views.append(self.transform(self.images[int(i)]))
+        labels = torch.as_tensor(self.images.labels[chosen])
+        indices = torch.as_tensor(chosen)
         if isinstance(views[0], list):  # multi-crop: a list of crops per image
             return [torch.stack(v) for v in zip(*views, strict=False)], labels, indices
         return torch.stack(views), labels, indices

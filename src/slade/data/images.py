@@ -80,7 +80,9 @@ def open_image(source: str) -> Image.Image:
     try:
         image = Image.open(io.BytesIO(data))
         image.load()
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+    except UnidentifiedImageError:
+        raise DataError(f"{source}: cannot decode image (not in any image format Pillow reads)") from None
+    except (OSError, SyntaxError, ValueError) as exc:
         raise DataError(f"{source}: cannot decode image ({exc})") from None
     except Image.DecompressionBombError as exc:
         raise DataError(f"{source}: image too large ({exc})") from None

@@ -17,10 +17,11 @@ from slade.config import DataConfig, PretrainConfig
 from slade.data.batches import RandomBatches, batch_loader
 from slade.data.datasets import UnlabeledUnion
 from slade.data.transforms import MultiCrop
-from slade.engine.trainer import config_fingerprint, fit
+from slade.engine import distributed
+from slade.engine.trainer import fit
 from slade.models.embedder import EmbeddingNet
 from slade.ssl.swav import ProjectionQueue, SwAVLoss, SwAVProjectionHead, SwAVPrototypes
-from slade.stages.common import RunContext, finish_stage, stage_done, stage_metrics
+from slade.stages.common import RunContext, finish_stage, stage_current, stage_metrics
 
 
 class SwAVStage:
@@ -37,8 +38,10 @@ class SwAVStage:
                                          config.freeze_prototypes_steps)
         self.criterion = SwAVLoss(config.temperature, config.sinkhorn_epsilon,
                                   config.sinkhorn_iterations)
+        # Under torchrun each rank queues its own slice's projections and Sinkhorn sums over every
+        # rank's batch and queue, so a rank keeps its share of the (global) queue length.
         self.queues = nn.ModuleList(
-            ProjectionQueue(config.queue_length, config.projection_dim)
+            ProjectionQueue(config.queue_length // distributed.world_size(), config.projection_dim)
             for _ in range(config.large_crops if config.queue_length else 0)
         )
         self.sampler = RandomBatches(len(images), config.batch_size, seed, stream=4)
@@ -89,12 +92,12 @@ class SwAVStage:
 def run_pretrain(ctx: RunContext) -> dict:
     """Train the backbone with SwAV and evaluate the resulting (initial) embedding."""
     out = ctx.stage_dir("pretrain")
-    if stage_done(out):
+    fingerprint = ctx.fingerprint("pretrain")
+    if stage_current(out, fingerprint):
         return stage_metrics(out)
     model = ctx.new_model()
     images = UnlabeledUnion(ctx.data.labeled, ctx.data.unlabeled)
     stage = SwAVStage(model, images, ctx.config.pretrain, ctx.config.data, ctx.config.seed)
-    result = fit(stage, ctx.config.pretrain, out, ctx.device, ctx.evaluator(model),
-                 fingerprint={"pretrain": config_fingerprint(ctx.config.pretrain)})
+    result = fit(stage, ctx.config.pretrain, out, ctx.device, ctx.evaluator(model), fingerprint)
     metrics = {**result.final_metrics, "train_seconds": round(result.seconds, 1)}
-    return finish_stage(ctx, out, model, metrics)
+    return finish_stage(ctx, out, model, metrics, fingerprint)

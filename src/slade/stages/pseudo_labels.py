@@ -2,12 +2,14 @@
 
 Writes to the round's folder: ``embeddings.npy`` (the teacher's embeddings of the pool),
 ``pseudo_labels.csv`` (index, source, pseudo label, distance to the centroid) and
-``clusters.json`` (cluster-size statistics; purity and NMI where the pool has hidden labels).
+``clusters.json`` (cluster-size statistics; purity and NMI where the pool has hidden labels), and
+``done.json`` last (see ``stages/common.py``).
 """
 
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,12 +18,14 @@ import faiss
 import numpy as np
 from sklearn.metrics import normalized_mutual_info_score
 
+from slade.engine import distributed
 from slade.errors import DataError
 from slade.io import atomic_write, read_json, write_json, write_text
-from slade.stages.common import RunContext
+from slade.stages.common import MODEL_FILE, RunContext, mark_done, output_digest, stage_current
 
 TABLE = "pseudo_labels.csv"
 STATS = "clusters.json"
+EMBEDDINGS = "embeddings.npy"
 
 
 @dataclass
@@ -89,9 +93,25 @@ def cluster_statistics(labels: np.ndarray, k: int, hidden: np.ndarray | None) ->
 
 
 def run_pseudo_labels(ctx: RunContext, teacher: str, out: Path) -> PseudoLabels:
-    """Embed the pool with the model of stage ``teacher`` and cluster it (skipped when done)."""
-    if (out / TABLE).is_file() and (out / STATS).is_file():
+    """Embed the pool with the model of stage ``teacher`` and cluster it (skipped when done).
+
+    Every file is written atomically and ``done.json`` last, so a killed run redoes the stage.
+    Unreadable images of a lazily read pool get pseudo label -1 and no distance. Under ``torchrun``
+    rank 0 makes them and the other ranks read its table.
+    """
+    pool = ctx.data.unlabeled
+    sources = hashlib.sha256("\n".join(pool.image_set.sources).encode()).hexdigest()
+    fingerprint = ctx.fingerprint("pseudo_labels", teacher=output_digest(ctx.stage_dir(teacher), MODEL_FILE),
+                                  pool=sources)
+    if stage_current(out, fingerprint):
         return PseudoLabels.read(out / TABLE)
+    if distributed.is_main():
+        _make_pseudo_labels(ctx, teacher, out, fingerprint)
+    distributed.barrier()
+    return PseudoLabels.read(out / TABLE)
+
+
+def _make_pseudo_labels(ctx: RunContext, teacher: str, out: Path, fingerprint: dict) -> None:
     pool = ctx.data.unlabeled
     cfg = ctx.config.pseudo_labels
     if len(pool) < 2:
@@ -105,16 +125,20 @@ def run_pseudo_labels(ctx: RunContext, teacher: str, out: Path) -> PseudoLabels:
         ctx.embed(model, pool, out=array)
         array.flush()
 
-    atomic_write(out / "embeddings.npy", write_embeddings)
-    embeddings = np.load(out / "embeddings.npy", mmap_mode="r")
-    labels, distances, _ = kmeans(embeddings, cfg.clusters, cfg.iterations, ctx.config.seed,
-                                  cfg.redo, gpu=ctx.device.type == "cuda" and faiss.get_num_gpus() > 0)
-    hidden = pool.labels if pool.image_set.has_labels else None
-    stats = cluster_statistics(labels, cfg.clusters, hidden) | {"teacher": teacher}
-    result = PseudoLabels(labels, distances, pool.image_set.sources)
-    result.write(out / TABLE)
-    write_json(out / STATS, stats)  # written last: marks the stage as done
-    return result
+    atomic_write(out / EMBEDDINGS, write_embeddings)
+    embeddings = np.load(out / EMBEDDINGS, mmap_mode="r")
+    good = np.setdiff1d(np.arange(len(pool)), pool.unreadable())
+    found, found_distances, _ = kmeans(embeddings[good], cfg.clusters, cfg.iterations, ctx.config.seed,
+                                       cfg.redo, gpu=ctx.device.type == "cuda" and faiss.get_num_gpus() > 0)
+    labels = np.full(len(pool), -1, dtype=np.int64)
+    distances = np.full(len(pool), np.nan, dtype=np.float32)
+    labels[good], distances[good] = found, found_distances
+    hidden = pool.labels[good] if pool.image_set.has_labels else None
+    stats = cluster_statistics(found, cfg.clusters, hidden) | {"teacher": teacher,
+                                                               "unreadable": len(pool) - len(good)}
+    PseudoLabels(labels, distances, pool.image_set.sources).write(out / TABLE)
+    write_json(out / STATS, stats)
+    mark_done(out, fingerprint, [TABLE])
 
 
 def read_statistics(out: Path) -> dict:

@@ -27,12 +27,21 @@ from slade.config import DataConfig, StudentConfig
 from slade.data.batches import MPerClassBatches, batch_loader
 from slade.data.datasets import ImageDataset
 from slade.data.transforms import train_transform
-from slade.engine.trainer import config_fingerprint, fit
+from slade.engine import distributed
+from slade.engine.trainer import fit
 from slade.errors import ConfigError, DataError
 from slade.losses import make_loss, make_miner
 from slade.models.embedder import EmbeddingNet
-from slade.stages.common import RunContext, finish_stage, stage_done, stage_metrics
-from slade.stages.pseudo_labels import read_statistics, run_pseudo_labels
+from slade.stages.common import (
+    MODEL_FILE,
+    RunContext,
+    finish_stage,
+    output_digest,
+    stage_current,
+    stage_done,
+    stage_metrics,
+)
+from slade.stages.pseudo_labels import TABLE, read_statistics, run_pseudo_labels
 
 log = logging.getLogger("slade")
 
@@ -97,7 +106,10 @@ class StudentStage:
         warming_up = step < self.warmup
         with torch.set_grad_enabled(not warming_up):
             z = self.model(torch.cat([x_l, x_u]))
-        z_l, z_u = z[: len(x_l)], z[len(x_l):]
+        # Under torchrun: the global batch, so that the losses, the miners, the basis statistics
+        # (Eqs. 4-6) and the Gaussians' update are those of one process.
+        z_l, z_u = distributed.gather(z[: len(x_l)]), distributed.gather(z[len(x_l):])
+        y_l, y_u = distributed.gather(y_l), distributed.gather(y_u)
         terms: dict[str, torch.Tensor] = {}
         if self.uses_basis:
             terms["basis_ce"] = self.basis.classification_loss(z_l, y_l)           # Eq. 3
@@ -142,11 +154,19 @@ class StudentStage:
     def log_values(self) -> dict[str, float]:
         return dict(self.last)
 
+    def extra_state(self) -> dict[str, int]:
+        return {"starved": self.starved}
+
+    def load_extra_state(self, state: dict[str, int]) -> None:
+        self.starved = int(state.get("starved", 0))
+
 
 def _pseudo_label_batches(pseudo_labels: np.ndarray, config: StudentConfig, seed: int):
-    # A cluster of one image cannot give a positive pair: such clusters are not sampled.
-    sizes = np.bincount(pseudo_labels)
-    usable = np.flatnonzero(sizes[pseudo_labels] >= 2)
+    # A cluster of one image cannot give a positive pair: such clusters are not sampled, nor are
+    # unreadable images (pseudo label -1).
+    labeled = pseudo_labels >= 0
+    sizes = np.bincount(pseudo_labels[labeled])
+    usable = np.flatnonzero(labeled & (sizes[np.maximum(pseudo_labels, 0)] >= 2))
     needed = config.unlabeled_batch_size // config.unlabeled_m_per_class
     if len(np.unique(pseudo_labels[usable])) < needed:
         raise DataError(
@@ -175,20 +195,23 @@ def run_student_round(ctx: RunContext, round_index: int) -> dict:
 
     name = student_name(round_index)
     out = ctx.stage_dir(name)
-    if stage_done(out):
-        return stage_metrics(out)
     teacher = "teacher" if round_index == 1 else student_name(round_index - 1)
     labels_dir = ctx.stage_dir(student_name(round_index, "pseudo_labels"))
-    pseudo = run_pseudo_labels(ctx, teacher, labels_dir)
     cfg = ctx.config.student
     init = teacher if cfg.init == "teacher" else "pretrain"
     if not stage_done(ctx.stage_dir(init)):
         raise ConfigError(f"student.init={cfg.init}: stage {init} has no model in {ctx.run_dir}")
+    pseudo = run_pseudo_labels(ctx, teacher, labels_dir)
+    fingerprint = ctx.fingerprint("student", round=round_index,
+                                  init=output_digest(ctx.stage_dir(init), MODEL_FILE),
+                                  pseudo_labels=output_digest(labels_dir, TABLE))
+    if stage_current(out, fingerprint):
+        return stage_metrics(out)
     model = ctx.load_model(init)
+    torch.manual_seed(ctx.config.seed + round_index)  # the basis, whatever ran before in this process
     stage = StudentStage(model, ctx.data.labeled, ctx.data.unlabeled, pseudo.labels, cfg,
                          ctx.config.data, ctx.config.seed + round_index, name)
-    result = fit(stage, cfg, out, ctx.device, ctx.evaluator(model),
-                 fingerprint={"student": config_fingerprint(cfg), "init": init})
+    result = fit(stage, cfg, out, ctx.device, ctx.evaluator(model), fingerprint)
     metrics = {**result.final_metrics, "train_seconds": round(result.seconds, 1), "init": init,
                "pseudo_labels": read_statistics(labels_dir)}
-    return finish_stage(ctx, out, model, metrics)
+    return finish_stage(ctx, out, model, metrics, fingerprint)

@@ -12,10 +12,18 @@ from slade.config import DataConfig, TeacherConfig
 from slade.data.batches import MPerClassBatches, batch_loader
 from slade.data.datasets import ImageDataset
 from slade.data.transforms import train_transform
-from slade.engine.trainer import config_fingerprint, fit
+from slade.engine import distributed
+from slade.engine.trainer import fit
 from slade.losses import make_loss, make_miner
 from slade.models.embedder import EmbeddingNet
-from slade.stages.common import RunContext, finish_stage, stage_done, stage_metrics
+from slade.stages.common import (
+    MODEL_FILE,
+    RunContext,
+    finish_stage,
+    output_digest,
+    stage_current,
+    stage_metrics,
+)
 
 
 class RankingStage:
@@ -49,7 +57,8 @@ class RankingStage:
 
     def loss_terms(self, batch: Any, step: int) -> dict[str, torch.Tensor]:
         x, y, _ = batch
-        z = self.model(x)
+        # Under torchrun: the global batch's embeddings, so the miner and loss see what one process would.
+        z, y = distributed.gather(self.model(x)), distributed.gather(y)
         pairs = self.miner(z, y) if self.miner is not None else None
         return {"loss": self.loss(z, y, pairs)}
 
@@ -60,14 +69,16 @@ class RankingStage:
 def run_teacher(ctx: RunContext) -> dict:
     """Train the teacher from the stage-0 weights (or from scratch) and evaluate it."""
     out = ctx.stage_dir("teacher")
-    if stage_done(out):
-        return stage_metrics(out)
     cfg = ctx.config.teacher
-    from_pretrain = cfg.init == "pretrain" and stage_done(ctx.stage_dir("pretrain"))
+    from_pretrain = cfg.init == "pretrain" and ctx.config.pretrain.enabled
+    init = output_digest(ctx.stage_dir("pretrain"), MODEL_FILE) if from_pretrain else "random"
+    fingerprint = ctx.fingerprint("teacher", init=init)
+    if stage_current(out, fingerprint):
+        return stage_metrics(out)
     model = ctx.load_model("pretrain") if from_pretrain else ctx.new_model()
+    torch.manual_seed(ctx.config.seed)  # the loss's own parameters, if any, whatever ran before
     stage = RankingStage(model, ctx.data.labeled, cfg, ctx.config.data, ctx.config.seed)
-    result = fit(stage, cfg, out, ctx.device, ctx.evaluator(model),
-                 fingerprint={"teacher": config_fingerprint(cfg), "init": from_pretrain})
+    result = fit(stage, cfg, out, ctx.device, ctx.evaluator(model), fingerprint)
     metrics = {**result.final_metrics, "train_seconds": round(result.seconds, 1),
                "init": "pretrain" if from_pretrain else "random"}
-    return finish_stage(ctx, out, model, metrics)
+    return finish_stage(ctx, out, model, metrics, fingerprint)

@@ -1,0 +1,103 @@
+"""Soak test: does the student stage's resident memory stay flat over a long run?
+
+Trains the SLADE student (``stages/student.py`` through the shared ``engine/trainer.py::fit``, with
+its periodic checkpoints) on omniglot-shift for ``--minutes``, sampling the process's resident set
+size (``VmRSS`` of ``/proc/self/status``) every ``--every`` steps. The teacher is the untrained
+network (``teacher.steps=0``): what is measured is the training loop, not accuracy. Prints RSS after
+the first epoch (one pass over the pool's worth of unlabeled images) and at the end, and their ratio;
+the target is flat within 5%.
+
+    .venv/bin/python benchmarks/soak_student.py --minutes 60                 # the recorded figure
+    .venv/bin/python benchmarks/soak_student.py --minutes 1 --every 25 --set model.width=8  # a quick check
+
+Loader worker processes (``student.num_workers``) are not counted: keep the default 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from slade.config import load_config
+from slade.data.build import build_splits, prepare
+from slade.engine.trainer import fit, resolve_device
+from slade.stages.common import RunContext
+from slade.stages.pseudo_labels import run_pseudo_labels
+from slade.stages.student import StudentStage
+from slade.stages.teacher import run_teacher
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+class TimeUp(Exception):
+    pass
+
+
+def rss_mb() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmRSS in /proc/self/status (Linux only)")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--minutes", type=float, default=60.0)
+    parser.add_argument("--every", type=int, default=50, help="sample RSS every this many steps")
+    parser.add_argument("--config", default=str(ROOT / "configs" / "omniglot_shift.yaml"))
+    parser.add_argument("--set", action="append", default=[], help="config override, repeatable")
+    parser.add_argument("--out", help="run directory (default: a temporary one)")
+    args = parser.parse_args()
+
+    config = load_config(args.config, ["pretrain.enabled=false", "teacher.steps=0", "analysis.enabled=false",
+                                       "student.steps=100000000", *args.set])
+    out = Path(args.out or tempfile.mkdtemp(prefix="soak-"))
+    device = resolve_device(config.device)
+    data = prepare(build_splits(config.data, config.seed), config.data)
+    ctx = RunContext(config, out, data, device)
+    run_teacher(ctx)
+    pseudo = run_pseudo_labels(ctx, "teacher", ctx.stage_dir("pseudo_labels"))
+    cfg = config.student
+    stage = StudentStage(ctx.load_model("teacher"), data.labeled, data.unlabeled, pseudo.labels, cfg,
+                         config.data, config.seed + 1)
+    epoch = -(-len(data.unlabeled) // cfg.unlabeled_batch_size)
+    print(f"{platform.node()} {platform.processor() or platform.machine()}, torch {torch.__version__}, "
+          f"{torch.get_num_threads()} threads, device {device}; pool {len(data.unlabeled)} images, "
+          f"one epoch = {epoch} steps of {cfg.unlabeled_batch_size} unlabeled images; run dir {out}")
+
+    samples: list[tuple[int, float, float]] = []
+    started = time.perf_counter()
+    original = stage.loss_terms
+
+    def measured(batch, step):
+        elapsed = time.perf_counter() - started
+        if step % args.every == 0 or step == epoch:
+            samples.append((step, elapsed, rss_mb()))
+            print(f"step {step:>7}  {elapsed:>8.0f} s  RSS {samples[-1][2]:8.1f} MB", flush=True)
+        if elapsed > args.minutes * 60:
+            raise TimeUp
+        return original(batch, step)
+
+    stage.loss_terms = measured
+    try:
+        fit(stage, cfg, ctx.stage_dir("student"), device)
+    except TimeUp:
+        pass
+    after_epoch = next((s for s in samples if s[0] >= epoch), None)
+    end = samples[-1]
+    if after_epoch is None or after_epoch is end:
+        print(f"ran {end[0]} steps: fewer than one epoch and a sample after it; run longer")
+        return
+    ratio = end[2] / after_epoch[2]
+    print(f"RSS after the first epoch (step {after_epoch[0]}): {after_epoch[2]:.1f} MB; at the end "
+          f"(step {end[0]}, {end[1] / 60:.1f} min): {end[2]:.1f} MB; ratio {ratio:.3f} "
+          f"({'flat' if abs(ratio - 1) <= 0.05 else 'NOT flat'} within 5%)")
+
+
+if __name__ == "__main__":
+    main()

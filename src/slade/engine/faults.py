@@ -1,0 +1,25 @@
+"""Fault injection for the reliability tests: die at a named point as a pre-empted job would.
+
+``SLADE_KILL_AT=<point>`` makes the process send itself SIGKILL — no ``finally``, no flush — when it
+reaches ``<point>``:
+
+- ``<stage>:<step>``: before training step ``step`` (1-based) of ``stage`` (``teacher:4``);
+- ``write:<file name>``: in an atomic write of that file, after the temporary file is written and
+  before it is renamed into place (``write:embeddings.npy``);
+- either with ``@<rank>``: only in that process of a ``torchrun`` run (``teacher:4@1``).
+
+Unset (always, outside the tests) it costs one environment lookup.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+
+KILL_AT = "SLADE_KILL_AT"
+
+
+def kill_point(point: str) -> None:
+    target = os.environ.get(KILL_AT)
+    if target and target in (point, f"{point}@{os.environ.get('RANK', '0')}"):
+        os.kill(os.getpid(), signal.SIGKILL)

@@ -1,0 +1,142 @@
+"""A run killed with SIGKILL (in the teacher, then in the student) resumes to the result of an
+uninterrupted run; finished stages are reused; stale ones are redone; killed writes are never trusted."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from slade.cli import DEMO_CONFIG
+from slade.config import load_config
+from slade.engine.checkpoint import load_checkpoint, save_checkpoint
+from slade.engine.trainer import TRAINING_STATE
+from slade.errors import ConfigError
+from slade.pipeline import run
+from slade.stages.common import stage_current, stage_done
+
+TINY = [
+    "data.glyph_train_classes=12", "data.glyph_test_classes=6", "data.glyph_images_per_class=6",
+    "data.glyph_pool_size=160", "model.width=8", "model.embedding_dim=16", "pretrain.enabled=false",
+    "analysis.enabled=false", "teacher.steps=6", "teacher.batch_size=16", "teacher.checkpoint_every=2",
+    "student.steps=8", "student.basis_warmup_steps=2", "student.batch_size=16",
+    "student.unlabeled_batch_size=16", "student.checkpoint_every=2", "student.log_every=1",
+    "pseudo_labels.clusters=8", "evaluation.batch_size=64",
+]
+
+
+def slade_demo(out, kill_at):
+    env = {**os.environ, "SLADE_PROGRESS": "0", "SLADE_KILL_AT": kill_at}
+    overrides = [arg for o in TINY for arg in ("--set", o)]
+    command = [sys.executable, "-m", "slade", "demo", "--out", str(out), *overrides]
+    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+
+
+def without_timing(metrics):
+    return {stage: {k: v for k, v in m.items() if k != "train_seconds"} for stage, m in metrics.items()}
+
+
+def weights(path):
+    return load_checkpoint(path)["state_dict"]
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    out = tmp_path_factory.mktemp("reference")
+    return out, run(load_config(DEMO_CONFIG, TINY), out)
+
+
+def test_run_killed_in_the_teacher_and_in_the_student_ends_as_if_never_killed(reference, tmp_path):
+    ref_dir, ref_metrics = reference
+    out = tmp_path / "run"
+
+    killed = slade_demo(out, "teacher:4")  # before step 4: the checkpoint holds step 2
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    assert load_checkpoint(out / "teacher" / "checkpoint.pt")["step"] == 2
+    assert not stage_done(out / "teacher")
+
+    killed = slade_demo(out, "student:5")  # resumes the teacher, makes pseudo labels, dies again
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    assert stage_done(out / "teacher") and stage_done(out / "pseudo_labels")
+    assert load_checkpoint(out / "student" / "checkpoint.pt")["step"] == 4
+    assert not stage_done(out / "student")
+
+    metrics = run(load_config(DEMO_CONFIG, TINY), out)  # the rerun, here in the test's process
+    assert without_timing(metrics) == without_timing(ref_metrics)
+    for stage in ("teacher", "student"):
+        for key, value in weights(ref_dir / stage / "model.pt").items():
+            assert torch.equal(value, weights(out / stage / "model.pt")[key]), (stage, key)
+    assert (out / "pseudo_labels" / "pseudo_labels.csv").read_text() == \
+        (ref_dir / "pseudo_labels" / "pseudo_labels.csv").read_text()
+    steps = [json.loads(x)["step"] for x in (out / "student" / "log.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 4, 5, 6, 7, 8, 8]  # the last entry is the final evaluation
+
+
+def test_finished_stages_are_reused_and_a_forced_change_redoes_only_what_it_affects(reference, tmp_path):
+    out = tmp_path / "run"
+    shutil.copytree(reference[0], out)
+    def finished():
+        return {str(p.relative_to(out)): p.stat().st_mtime_ns for p in out.rglob("done.json")}
+
+    before = finished()
+    assert run(load_config(DEMO_CONFIG, TINY), out) == reference[1]
+    assert finished() == before
+
+    changed = load_config(DEMO_CONFIG, [*TINY, "student.lambda1=0.5"])
+    with pytest.raises(ConfigError, match=r"made with another config \(differs in student.lambda1\)"):
+        run(changed, out)
+    run(changed, out, force=True)
+    after = finished()
+    assert {stage for stage in before if after[stage] != before[stage]} == {"student/done.json"}
+    assert json.loads((out / "student" / "done.json").read_text())["fingerprint"]["student"]["lambda1"] == 0.5
+
+
+def test_stage_with_a_checkpoint_of_other_settings_starts_over(tmp_path, caplog):
+    stage = tmp_path / "teacher"
+    fingerprint = {"teacher": {"lr": 1}}
+    save_checkpoint(stage / "checkpoint.pt", {"format": TRAINING_STATE, "fingerprint": fingerprint})
+    (stage / ".model.pt.x1.tmp").write_bytes(b"half a model")  # left by a killed write
+    assert not stage_current(stage, {"teacher": {"lr": 1}})
+    assert (stage / "checkpoint.pt").exists() and not (stage / ".model.pt.x1.tmp").exists()
+    assert not stage_current(stage, {"teacher": {"lr": 2}})
+    assert not (stage / "checkpoint.pt").exists()
+    assert "made with other settings or inputs (teacher.lr): starting the stage over" in caplog.text
+
+
+def test_pseudo_labels_killed_after_the_embeddings_are_redone(reference, tmp_path, monkeypatch):
+    import slade.stages.pseudo_labels as stage
+
+    out = tmp_path / "run"
+    shutil.copytree(reference[0], out)
+    for name in ("pseudo_labels", "student"):
+        shutil.rmtree(out / name)
+    config = load_config(DEMO_CONFIG, TINY)
+
+    def die(*args, **kwargs):
+        raise KeyboardInterrupt  # after embeddings.npy, before the table and done.json
+
+    monkeypatch.setattr(stage, "kmeans", die)
+    with pytest.raises(KeyboardInterrupt):
+        run(config, out)
+    assert (out / "pseudo_labels" / "embeddings.npy").exists() and not stage_done(out / "pseudo_labels")
+    (out / "pseudo_labels" / "embeddings.npy").write_bytes(b"garbage a rerun must not trust")
+    monkeypatch.undo()
+    assert without_timing(run(config, out)) == without_timing(reference[1])
+    assert np.load(out / "pseudo_labels" / "embeddings.npy").shape == (160, 16)
+
+
+def test_killed_atomic_write_leaves_the_old_file(tmp_path):
+    target = tmp_path / "metrics.json"
+    target.write_text('{"old": 1}')
+    code = f"from slade.io import write_json; write_json({str(target)!r}, {{'new': 2}})"
+    env = {**os.environ, "SLADE_KILL_AT": "write:metrics.json"}
+    killed = subprocess.run([sys.executable, "-c", code], env=env, timeout=60)
+    assert killed.returncode == -signal.SIGKILL
+    assert target.read_text() == '{"old": 1}'
+    leftovers = list(tmp_path.glob(".metrics.json.*.tmp"))
+    assert len(leftovers) == 1 and json.loads(leftovers[0].read_text()) == {"new": 2}
