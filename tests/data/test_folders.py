@@ -171,3 +171,28 @@ def test_csv_empty_missing_or_not_text(tmp_path):
     (tmp_path / "binary.csv").write_bytes(b"path,label\n\xff\xfe\x00,x\n")
     with pytest.raises(DataError, match=r"binary\.csv: not UTF-8 text"):
         read_csv_list(tmp_path / "binary.csv")
+
+
+def test_gallery_labels_follow_the_query_class_names(tmp_path):
+    from slade.config import DataConfig
+    from slade.data.build import build_splits
+
+    def tree(root, classes):
+        for c in classes:
+            (root / c).mkdir(parents=True)
+            for i in range(2):
+                Image.new("L", (8, 8), 40 * i).save(root / c / f"{i}.png")
+        return root
+
+    tree(tmp_path / "train", ["x", "y"])
+    tree(tmp_path / "query", ["a", "b"])
+    tree(tmp_path / "gallery", ["b", "c"])  # read alone, b would be class 0
+    data = DataConfig(dataset="folders", labeled=str(tmp_path / "train"), test=str(tmp_path / "query"),
+                      gallery=str(tmp_path / "gallery"), setting="traditional")
+    splits = build_splits(data, seed=0)
+    query, gallery = splits.test, splits.gallery
+    names = {Path(r.source).parent.name: r.label for r in query.records}
+    assert names == {"a": 0, "b": 1}
+    by_folder = {Path(r.source).parent.name: r.label for r in gallery.records}
+    assert by_folder == {"b": 1, "c": 2}
+    assert gallery.class_names[:2] == query.class_names

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,6 +29,10 @@ def build_splits(data: DataConfig, seed: int) -> DataSplits:
         from slade.data.protocols import omniglot_shift
 
         splits = omniglot_shift(data.root or None, data.pool)
+    elif data.dataset in ("cub-nabirds", "cars-compcars", "inshop-fashion200k"):
+        from slade.data.paper import paper_splits
+
+        splits = paper_splits(data)
     else:
         splits = _folder_splits(data)
     if data.setting == "traditional":
@@ -63,7 +68,23 @@ def _folder_splits(data: DataConfig) -> DataSplits:
     else:
         raise ConfigError("data.unlabeled: give the unlabeled pool, or set data.setting: traditional")
     gallery = _read_any(data.gallery, True, "gallery") if data.gallery else None
+    if gallery is not None:
+        gallery = _same_class_indices(gallery, test)
     return DataSplits(labeled, unlabeled, test, gallery)
+
+
+def _same_class_indices(gallery: ImageSet, queries: ImageSet) -> ImageSet:
+    """Renumber the gallery's classes by the queries' class names, so a query's label means the same
+    class in both; gallery classes no query has get indices of their own."""
+    names = list(queries.class_names)
+    index = {name: i for i, name in enumerate(names)}
+    for name in gallery.class_names:
+        if name not in index:
+            index[name] = len(names)
+            names.append(name)
+    records = [dataclasses.replace(r, label=None if r.label is None else index[gallery.class_names[r.label]])
+               for r in gallery.records]
+    return ImageSet(records, names, gallery.labeled, gallery.name)
 
 
 @dataclass
@@ -77,16 +98,18 @@ class PreparedData:
     dropped_classes: dict[str, list[str]] = field(default_factory=dict)
 
     @property
-    def bad_images(self) -> list[tuple[str, BadImage]]:
+    def parts(self) -> dict[str, ImageDataset]:
         parts = {"labeled": self.labeled, "unlabeled": self.unlabeled, "test": self.test}
         if self.gallery is not None:
             parts["gallery"] = self.gallery
-        return [(name, bad) for name, ds in parts.items() for bad in ds.bad]
+        return parts
+
+    @property
+    def bad_images(self) -> list[tuple[str, BadImage]]:
+        return [(name, bad) for name, ds in self.parts.items() for bad in ds.bad]
 
     def summary(self) -> dict:
-        parts = {"labeled": self.labeled, "unlabeled": self.unlabeled, "test": self.test}
-        if self.gallery is not None:
-            parts["gallery"] = self.gallery
+        parts = self.parts
         return {
             name: {
                 "images": len(ds),
@@ -120,13 +143,15 @@ def prepare(splits: DataSplits, data: DataConfig) -> PreparedData:
         cache = data.cache == "always" or (
             data.cache == "auto" and fits_in_memory(len(image_set), decoder, data.cache_limit_mb)
         )
-        dataset = ImageDataset(image_set, decoder, cache, data.max_bad_fraction)
+        dataset = ImageDataset(image_set, decoder, cache, data.max_bad_fraction, name)
         if min_per_class and dataset.bad:  # a dropped image can leave a class too small
             image_set, gone = enforce_min_per_class(dataset.image_set, data.min_images_per_class,
                                                     data.small_classes)
             if gone:
                 dropped.setdefault(name, []).extend(gone)
-                dataset = ImageDataset(image_set, decoder, cache, data.max_bad_fraction)
+                bad = dataset.bad
+                dataset = ImageDataset(image_set, decoder, cache, data.max_bad_fraction, name)
+                dataset.bad = bad + dataset.bad  # still listed in RUN/bad_images.csv
         return dataset
 
     labeled = load(splits.labeled, "labeled", True)
