@@ -20,6 +20,8 @@ TINY = [
     "student.steps=6", "student.basis_warmup_steps=2", "student.batch_size=16",
     "student.unlabeled_batch_size=16", "student.log_every=1", "pseudo_labels.clusters=8",
     "evaluation.batch_size=64",
+    # The visual analysis that ends `slade run` is tested in tests/analysis/.
+    "analysis.enabled=false",
 ]
 METRIC_KEYS = {"recall@1", "recall@2", "recall@4", "recall@8", "map@r", "r_precision",
                "precision@1", "nmi"}

@@ -6,6 +6,7 @@ Public API::
     slade.run(config, run_dir)               # every stage; returns {stage: metrics}
     slade.load_embedder(checkpoint).embed(images)   # (n, d) float32, L2-normalised
     slade.evaluate_embeddings(query, labels, gallery=None, gallery_labels=None, ks=(1, 2, 4, 8))
+    slade.analyse_run(run_dir)               # t-SNE maps, domain gap, RUN/report.html
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ _API = {
     "load_embedder": "slade.inference",
     "Embedder": "slade.inference",
     "evaluate_embeddings": "slade.evaluation.retrieval",
+    "analyse_run": "slade.analysis",
     "FeatureBasis": "slade.basis.feature_basis",
     "ConfidentPairMiner": "slade.basis.confident_pairs",
 }

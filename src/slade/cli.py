@@ -9,6 +9,7 @@ from typing import Annotated
 import numpy as np
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from slade.errors import DataError, SladeError
@@ -36,6 +37,16 @@ def _metrics_table(metrics: dict[str, dict]) -> Table:
     return table
 
 
+def _gap_table(gap: dict[str, dict]) -> Table:
+    table = Table("embedding", "weights", "domain accuracy", "MMD²", "traditional 10%/90%",
+                  title="labeled vs unlabeled (domain accuracy 0.5: indistinguishable)")
+    for name, g in gap.items():
+        traditional = g.get("traditional_accuracy")
+        table.add_row(name, g["weights"], f"{g['domain_accuracy']:.3f} ± {g['domain_accuracy_std']:.3f}",
+                      f"{g['mmd2']:.4f}", "" if traditional is None else f"{traditional:.3f}")
+    return table
+
+
 # The demo's config ships inside the package, so `slade demo` works from any directory.
 DEMO_CONFIG = Path(__file__).parent / "configs" / "demo.yaml"
 
@@ -43,11 +54,16 @@ DEMO_CONFIG = Path(__file__).parent / "configs" / "demo.yaml"
 def _run(config_path: Path | None, out: Path, overrides: list[str], until: str | None,
          force: bool) -> None:
     from slade.config import load_config
+    from slade.engine import distributed
     from slade.pipeline import run
 
     config = load_config(config_path, overrides)
     metrics = run(config, out, until=until, force=force)
-    console.print(_metrics_table(metrics))
+    if not distributed.is_main():  # under torchrun: rank 0 reports
+        return
+    console.print(_metrics_table({k: v for k, v in metrics.items() if k != "gap"}))
+    if "gap" in metrics:
+        console.print(_gap_table(metrics["gap"]))
     console.print(f"run directory: {out}")
 
 
@@ -141,11 +157,117 @@ def embed(
     console.print(f"{len(files)} images -> {out} ({vectors.shape[0]} x {vectors.shape[1]})")
 
 
+data_app = typer.Typer(no_args_is_help=True, help="Inspect the data a config names.")
+app.add_typer(data_app, name="data")
+
+
+@data_app.command("check")
+def data_check(
+    config: Annotated[Path, typer.Argument(help="Experiment config (YAML).")],
+    overrides: SetOption = None,
+    decode: Annotated[bool, typer.Option(
+        help="Decode every image as a run would; --no-decode checks only the lists and files.")] = True,
+) -> None:
+    """Check a config's data against published counts; list missing or unreadable images.
+
+    Exits 1 when a count differs, an image is missing, or more than data.max_bad_fraction of a
+    split is unreadable.
+    """
+    from slade.config import load_config
+    from slade.data.check import check_data
+
+    cfg = load_config(config, overrides or [])
+    report = check_data(cfg.data, cfg.seed, decode)
+    for line in report.lines():
+        print(line)
+    raise typer.Exit(0 if report.ok else 1)
+
+
+@app.command()
+def tsne(
+    run_dir: Annotated[Path, typer.Argument(help="A run directory written by `slade run`.")],
+    points: Annotated[int | None, typer.Option(
+        help="Images drawn from each of the labeled set and the pool [default: analysis.points].")] = None,
+    perplexity: Annotated[float | None, typer.Option(
+        help="t-SNE perplexity [default: analysis.perplexity].")] = None,
+    seed: Annotated[int | None, typer.Option(
+        help="Sampling and t-SNE seed [default: analysis.seed].")] = None,
+) -> None:
+    """t-SNE maps, domain-gap numbers, training plots and RUN_DIR/report.html of a run.
+
+    Maps of labeled (coloured by class) vs unlabeled (grey) images under the initial, teacher and
+    student embeddings; written to RUN_DIR/analysis/, the gap also to RUN_DIR/metrics.json.
+    """
+    from slade.analysis import analyse_run
+    from slade.analysis.analyse import read_run_config
+
+    given = {"points": points, "perplexity": perplexity, "seed": seed}
+    config = read_run_config(run_dir, [f"analysis.{k}={v}" for k, v in given.items() if v is not None])
+    gap = analyse_run(run_dir, config.analysis)
+    console.print(_gap_table(gap))
+    console.print(f"report: {run_dir / 'report.html'}   figures: {run_dir / 'analysis'}")
+
+
+@app.command("index")
+def index_command(
+    checkpoint: Annotated[Path, typer.Argument(help="A model.pt written by any stage.")],
+    gallery: Annotated[list[Path], typer.Argument(help="Gallery images or folders (searched recursively).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Index folder to write (replaced whole).")],
+    skip_bad: Annotated[bool, typer.Option(
+        help="Leave undecodable images out (listed in index.json) instead of stopping.")] = False,
+    batch_size: int = 256,
+) -> None:
+    """Embed a gallery with a trained model into a faiss index for `slade query`."""
+    from slade.retrieval_index import build_index
+
+    manifest = build_index(checkpoint, gallery, out, batch_size, skip_bad)
+    skipped = f", {len(manifest['skipped'])} undecodable skipped" if manifest["skipped"] else ""
+    console.print(f"{manifest['images']} images -> {out} ({manifest['dim']}-d){skipped}")
+
+
+@app.command("query")
+def query_command(
+    index_dir: Annotated[Path, typer.Argument(help="A folder written by `slade index`.")],
+    images: Annotated[list[Path], typer.Argument(help="Query images or folders.")],
+    k: Annotated[int, typer.Option("-k", "--k", help="Neighbours per query.")] = 10,
+    out: Annotated[Path | None, typer.Option(
+        "--out", "-o", help="Write the neighbours to a .json or .csv file instead of printing them.")] = None,
+) -> None:
+    """The k most similar gallery images of each query image (cosine similarity)."""
+    import csv
+    import io
+
+    from slade.io import write_json, write_text
+    from slade.retrieval_index import RetrievalIndex, image_files
+
+    if out is not None and out.suffix.lower() not in (".json", ".csv"):
+        raise DataError(f"--out {out}: give a .json or .csv file")
+    files = image_files(images)
+    results = RetrievalIndex.load(index_dir).search(files, k)
+    rows = [{"query": str(f), "rank": n.rank, "image": n.image, "similarity": round(n.similarity, 6)}
+            for f, neighbours in zip(files, results, strict=True) for n in neighbours]
+    if out is None:
+        table = Table("query", "rank", "similarity", "image")
+        for column in (table.columns[0], table.columns[3]):
+            column.overflow = "fold"  # a path is wrapped, never cut short
+        for row in rows:
+            table.add_row(row["query"], str(row["rank"]), f"{row['similarity']:.4f}", row["image"])
+        Console().print(table)
+    elif out.suffix.lower() == ".json":
+        write_json(out, rows)
+    else:
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, ["query", "rank", "image", "similarity"])
+        writer.writeheader()
+        writer.writerows(rows)
+        write_text(out, buffer.getvalue())
+
+
 def main() -> None:
     try:
         app()
     except SladeError as exc:
-        console.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+        console.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False, soft_wrap=True)
         sys.exit(2)
     except KeyboardInterrupt:
         console.print("interrupted")

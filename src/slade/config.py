@@ -28,12 +28,20 @@ class DataConfig:
 
     # glyphs: the embedded default (fonts inside matplotlib, no files needed);
     # omniglot-shift: the benchmark of ../shared/data/README.md;
-    # folders: class-per-folder trees or `path,label` CSV lists named by `labeled`, `test`, ...
-    dataset: Literal["glyphs", "omniglot-shift", "folders"] = "glyphs"
-    # Data root for omniglot-shift; empty means $SLADE_DATA_ROOT, else ../shared/data.
+    # folders: class-per-folder trees or `path,label` CSV lists named by `labeled`, `test`, ...;
+    # cub-nabirds, cars-compcars, inshop-fashion200k: the paper's settings (src/slade/data/paper/).
+    dataset: Literal[
+        "glyphs", "omniglot-shift", "folders", "cub-nabirds", "cars-compcars", "inshop-fashion200k"
+    ] = "glyphs"
+    # Data root for omniglot-shift (empty means $SLADE_DATA_ROOT, else ../shared/data); for the
+    # paper's settings, the labeled data set's folder (CUB_200_2011, Cars-196, In-shop).
     root: str = ""
     # omniglot-shift pool: `disjoint` (unseen alphabets) or `overlap` (includes the train alphabets).
     pool: Literal["disjoint", "overlap"] = "disjoint"
+    # The paper's settings: the unlabeled pool's folder (nabirds, CompCars, fashion200k), and whether
+    # to keep its categories for diagnostics only (pseudo-label purity / NMI; never trained on).
+    pool_root: str = ""
+    pool_labels: bool = False
     # folders: a class-folder tree or a CSV list for each part; `gallery` only for query/gallery.
     labeled: str = ""
     test: str = ""
@@ -95,6 +103,10 @@ class TrainConfig:
     checkpoint_every: int = 200
     log_every: int = 20
     num_workers: int = 0
+    # A NaN or Inf loss term or gradient: `rollback` to the last checkpoint and skip the batch that
+    # caused it (at most `max_rollbacks` times in the stage), or `stop` with an error.
+    nonfinite: Literal["rollback", "stop"] = "rollback"
+    max_rollbacks: int = 3
 
 
 @dataclass
@@ -187,6 +199,20 @@ class EvaluationConfig:
 
 
 @dataclass
+class AnalysisConfig:
+    """Visual analysis after the last stage (`slade tsne`): t-SNE maps, domain gap, RUN/report.html."""
+
+    enabled: bool = True
+    # Images drawn uniformly from each of the labeled set and the unlabeled pool.
+    points: int = 1000
+    perplexity: float = 30.0
+    seed: int = 0
+    # The report's retrieval browser: test queries shown, each with its `top_k` nearest images.
+    queries: int = 12
+    top_k: int = 8
+
+
+@dataclass
 class Config:
     """One SLADE experiment."""
 
@@ -200,6 +226,7 @@ class Config:
     pseudo_labels: PseudoLabelConfig = field(default_factory=PseudoLabelConfig)
     student: StudentConfig = field(default_factory=StudentConfig)
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
+    analysis: AnalysisConfig = field(default_factory=AnalysisConfig)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -414,6 +441,9 @@ def validate(config: Config) -> None:
         (0.0 <= config.student.momentum < 1.0, "student.momentum: must be in [0, 1)"),
         (bool(config.evaluation.recall_at), "evaluation.recall_at: give at least one K"),
         (all(k >= 1 for k in config.evaluation.recall_at), "evaluation.recall_at: K must be >= 1"),
+        (config.analysis.points >= 2, "analysis.points: must be at least 2"),
+        (config.analysis.perplexity > 0, "analysis.perplexity: must be > 0"),
+        (config.analysis.top_k >= 1, "analysis.top_k: must be at least 1"),
     ]
     for name in ("pretrain", "teacher", "student"):
         stage: TrainConfig = getattr(config, name)
@@ -421,6 +451,7 @@ def validate(config: Config) -> None:
             (stage.steps >= 0, f"{name}.steps: must be >= 0"),
             (stage.lr > 0, f"{name}.lr: must be > 0"),
             (stage.batch_size >= 2, f"{name}.batch_size: must be at least 2"),
+            (stage.max_rollbacks >= 0, f"{name}.max_rollbacks: must be >= 0"),
             (stage.m_per_class >= 2 or name == "pretrain", f"{name}.m_per_class: must be at least 2"),
             (
                 name == "pretrain" or stage.batch_size % stage.m_per_class == 0,
