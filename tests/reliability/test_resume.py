@@ -140,3 +140,11 @@ def test_killed_atomic_write_leaves_the_old_file(tmp_path):
     assert target.read_text() == '{"old": 1}'
     leftovers = list(tmp_path.glob(".metrics.json.*.tmp"))
     assert len(leftovers) == 1 and json.loads(leftovers[0].read_text()) == {"new": 2}
+
+
+def test_atomic_writes_get_the_usual_permissions(tmp_path):
+    import slade.io
+
+    path = slade.io.write_json(tmp_path / "metrics.json", {"a": 1})
+    # As open() would create it (0644 under the usual umask 022), not mkstemp's private 0600.
+    assert path.stat().st_mode & 0o777 == 0o666 & ~slade.io._UMASK
