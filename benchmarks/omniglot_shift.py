@@ -5,7 +5,9 @@ For every pool (``disjoint``, ``overlap``) and seed, one ``slade run`` of the co
 pairs, no feature basis: ``student.mining=all_pairs``) is then trained from the *same* teacher and
 pseudo labels in a sibling run directory. With ``--random-init`` a teacher without stage 0 is trained
 as well, for the first pool only (the SwAV-vs-random comparison of issue 3). When stage 0 is disabled
-the teacher does not see the pool, so one teacher per seed serves both pools.
+the teacher does not see the pool, so one teacher per seed serves both pools. Each ``--variant
+NAME=key=value,...`` adds a student trained from the same teacher and pseudo labels with those
+overrides (ablations: ``lambda2_0=student.lambda2=0``, ``k700=pseudo_labels.clusters=700``...).
 
 Writes ``OUT/results.json`` (every run's metrics and diagnostics) and a markdown table (mean ± std
 over seeds of Recall@1/2/4/8 and MAP@R; for students the mined pair counts and Gaussian means of the
@@ -90,6 +92,10 @@ def one_seed(args, pool: str, seed: int, shared_teacher: Path | None) -> dict:
     seed_from(slade_dir, naive_dir, ["pretrain", "teacher", "pseudo_labels"])
     naive = slade_run(naive_dir, args.config, base + ["student.mining=all_pairs"], None, args.threads)
     result["naive"] = naive["student"] | student_diagnostics(naive_dir)
+    for name, overrides in args.variant:  # more students from the same teacher and pseudo labels
+        seed_from(slade_dir, root / name, ["pretrain", "teacher", "pseudo_labels"])
+        extra = slade_run(root / name, args.config, base + overrides, None, args.threads)
+        result[name] = extra["student"] | student_diagnostics(root / name)
     if args.random_init and pool == args.pools[0]:  # without stage 0 the pool plays no part
         rand = slade_run(root / "teacher_random", args.config,
                          base + ["pretrain.enabled=false"], "teacher", args.threads)
@@ -98,6 +104,13 @@ def one_seed(args, pool: str, seed: int, shared_teacher: Path | None) -> dict:
         f"{k} R@1 {result[k]['recall@1']:.4f}" for k in ("teacher", "teacher_random", "naive", "slade")
         if k in result), flush=True)
     return result
+
+
+def parse_variant(text: str) -> tuple[str, list[str]]:
+    name, _, overrides = text.partition("=")
+    if not name or "=" not in overrides:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected NAME=section.key=value[,section.key=value]")
+    return name, overrides.split(",")
 
 
 def mean_std(values: list[float]) -> str:
@@ -116,7 +129,7 @@ def table(results: list[dict], args) -> str:
         seeds = ", ".join(str(r["seed"]) for r in rows)
         lines += [f"### pool `{pool}` (seeds {seeds})", "",
                   "| model | " + " | ".join(METRICS) + " |", "|---" * (len(METRICS) + 1) + "|"]
-        for key, name in variants:
+        for key, name in variants + [(v, f"student `{v}`") for v, _ in args.variant]:
             if all(key in r for r in rows):
                 lines.append(f"| {name} | " + " | ".join(
                     mean_std([r[key][m] for r in rows]) for m in METRICS) + " |")
@@ -137,7 +150,7 @@ def table(results: list[dict], args) -> str:
                   "student training):", "",
                   "| student | confident/mined pos pairs per step | neg pairs per step | mu+ | mu- |",
                   "|---|---|---|---|---|"]
-        for key in ("naive", "slade"):
+        for key in ["naive", "slade"] + [v for v, _ in args.variant]:
             d = [r[key] for r in rows]
 
             def avg(name, d=d):
@@ -170,6 +183,10 @@ def main() -> None:
     parser.add_argument("--pools", nargs="+", default=["disjoint", "overlap"])
     parser.add_argument("--set", action="append", default=[], help="config override, repeatable")
     parser.add_argument("--random-init", action="store_true", help="also a teacher without stage 0")
+    parser.add_argument("--variant", action="append", default=[], type=parse_variant,
+                        metavar="NAME=KEY=VALUE,...",
+                        help="another student from the same teacher and pseudo labels, e.g. "
+                             "lambda2_4=student.lambda2=4 (repeatable)")
     parser.add_argument("--out", type=Path, default=Path("runs/bench"))
     parser.add_argument("--table", type=Path, help="write the markdown table here too")
     parser.add_argument("--jobs", type=int, default=1, help="seeds trained side by side")
