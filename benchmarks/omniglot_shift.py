@@ -37,10 +37,16 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 METRICS = ("recall@1", "recall@2", "recall@4", "recall@8", "map@r")
+REPORT_ONLY = False
 
 
 def slade_run(out: Path, config: str, overrides: list[str], until: str | None, threads: int) -> dict:
-    """One ``slade run`` in a subprocess (its own torch thread count); returns its metrics.json."""
+    """One ``slade run`` in a subprocess (its own torch thread count); returns its metrics.json.
+
+    With ``--report-only`` the finished run's metrics.json is read instead.
+    """
+    if REPORT_ONLY and (out / "metrics.json").is_file():
+        return json.loads((out / "metrics.json").read_text())
     cmd = [sys.executable, "-m", "slade", "run", config, "--out", str(out)]
     for o in overrides:
         cmd += ["--set", o]
@@ -191,7 +197,11 @@ def main() -> None:
     parser.add_argument("--table", type=Path, help="write the markdown table here too")
     parser.add_argument("--jobs", type=int, default=1, help="seeds trained side by side")
     parser.add_argument("--threads", type=int, default=0, help="torch threads per run (0: cores / jobs)")
+    parser.add_argument("--report-only", action="store_true",
+                        help="make the table from finished runs, training nothing")
     args = parser.parse_args()
+    global REPORT_ONLY
+    REPORT_ONLY = args.report_only
     args.threads = args.threads or max(1, (os.cpu_count() or 1) // args.jobs)
     args.out.mkdir(parents=True, exist_ok=True)
     pretrain = not any(s.replace(" ", "") == "pretrain.enabled=false" for s in args.set)
@@ -216,9 +226,11 @@ def main() -> None:
         f"Command: `{' '.join([Path(sys.executable).name, *sys.argv])}`  ",
         f"Config: `{args.config}`" + (f" with `{' '.join(args.set)}`" if args.set else "") + "  ",
         f"Machine: {platform.machine()}, {os.cpu_count()} CPU cores, {args.jobs} run(s) side by side "
-        f"with {args.threads} torch thread(s) each; total wall time {seconds / 60:.1f} min.", "",
+        f"with {args.threads} torch thread(s) each; " + ("table made from the finished runs."
+                                                         if args.report_only else
+                                                         f"total wall time {seconds / 60:.1f} min."), "",
         "Mean ± sample std over seeds; Recall@K and MAP@R on the 99 test classes (every test image "
-        "queries the other 1,979).", "",
+        "queries the other 1,979).", "", "",
     ]
     text = "\n".join(header) + table(results, args)
     (args.out / "results.json").write_text(json.dumps(results, indent=1))

@@ -137,20 +137,11 @@ def embed(
     batch_size: int = 256,
 ) -> None:
     """Embed images with a trained model; the image list is written beside OUT as .txt."""
-    from slade.data.folders import IMAGE_EXTENSIONS
     from slade.inference import load_embedder
     from slade.io import save_npy, write_text
+    from slade.retrieval_index import image_files
 
-    files: list[Path] = []
-    for item in inputs:
-        if item.is_dir():
-            files += sorted(p for p in item.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS)
-        elif item.is_file():
-            files.append(item)
-        else:
-            raise DataError(f"{item}: no such file or folder")
-    if not files:
-        raise DataError(f"no images found in {', '.join(map(str, inputs))}")
+    files = image_files(inputs)
     vectors = load_embedder(checkpoint).embed([str(f) for f in files], batch_size=batch_size)
     save_npy(out, vectors)
     write_text(out.with_suffix(".txt"), "".join(f"{f}\n" for f in files))
