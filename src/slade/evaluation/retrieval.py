@@ -277,7 +277,8 @@ def _score(neighbours, ql, gl, relevant, ks) -> dict[str, float]:
 def _nmi(x: np.ndarray, labels: np.ndarray) -> float:
     """NMI of a faiss k-means of ``x`` (the call pytorch-metric-learning's FaissKMeans makes)."""
     n_clusters = len(np.unique(labels))
-    kmeans = faiss.Kmeans(x.shape[1], n_clusters, niter=20, gpu=False)
+    kmeans = faiss.Kmeans(x.shape[1], n_clusters, niter=20, gpu=False,
+                          min_points_per_centroid=1)  # only silences faiss's small-set warning
     kmeans.train(x)
     _, assignment = kmeans.index.search(x, 1)
     return float(normalized_mutual_info_score(labels, assignment[:, 0]))
