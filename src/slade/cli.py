@@ -31,7 +31,10 @@ def _metrics_table(metrics: dict[str, dict]) -> Table:
     for values in metrics.values():
         keys += [k for k, v in values.items() if isinstance(v, float) and k not in keys
                  and (k.startswith("recall@") or k in ("map@r", "r_precision", "nmi"))]
-    table = Table("stage", *keys, title="retrieval on the test classes")
+    # Short headers (R@1, MAP@R...) so the table fits an 80-column terminal or log.
+    short = {"map@r": "MAP@R", "r_precision": "R-Prec", "nmi": "NMI"}
+    table = Table("stage", *(short.get(k, k.replace("recall@", "R@")) for k in keys),
+                  title="retrieval on the test classes")
     for stage, values in metrics.items():
         table.add_row(stage, *(f"{values[k]:.4f}" if k in values else "" for k in keys))
     return table
