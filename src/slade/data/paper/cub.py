@@ -22,6 +22,7 @@ from slade.data.paper.layout import (
     listed_path,
     official_root,
     read_ids,
+    read_image_labels,
     require_files,
 )
 from slade.data.records import ImageSet
@@ -50,12 +51,7 @@ def read_cub(root: str | Path) -> tuple[ImageSet, ImageSet]:
     base = official_root(root, "images.txt", "CUB_200_2011", LAYOUT)
     classes = read_ids(base / "classes.txt", "<class_id> <class_name>")
     images = read_ids(base / "images.txt", "<image_id> <image_name>")
-    labels = read_ids(base / "image_class_labels.txt", "<image_id> <class_id>")
-    for image_id, (class_id, where) in labels.items():
-        if image_id not in images:
-            raise DataError(f"{where}: image id {image_id} is not in images.txt")
-        if class_id not in classes:
-            raise DataError(f"{where}: class id {class_id} is not in classes.txt")
+    labels = read_image_labels(base, images, classes)
     folder = base / "images"
     if not folder.is_dir():
         raise DataError(f"{folder}: folder not found (expected images/<class folder>/<file>.jpg)")

@@ -93,6 +93,17 @@ def read_ids(path: Path, form: str) -> dict[str, tuple[str, str]]:
     return table
 
 
+def read_image_labels(base: Path, images: dict, classes: dict) -> dict[str, tuple[str, str]]:
+    """``image_class_labels.txt`` (CUB, NABirds): ``{image_id: (class_id, where)}``, every id known."""
+    labels = read_ids(base / "image_class_labels.txt", "<image_id> <class_id>")
+    for image_id, (class_id, where) in labels.items():
+        if image_id not in images:
+            raise DataError(f"{where}: image id {image_id} is not in images.txt")
+        if class_id not in classes:
+            raise DataError(f"{where}: class id {class_id} is not in classes.txt")
+    return labels
+
+
 def listed_path(base: Path, name: str, where: str) -> Path:
     """``base / name`` for a relative path named by a list; a path leaving ``base`` is refused."""
     relative = Path(name)

@@ -18,7 +18,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from slade.data.paper.layout import listed_path, official_root, read_ids, read_rows, require_files
+from slade.data.paper.layout import (
+    listed_path,
+    official_root,
+    read_ids,
+    read_image_labels,
+    read_rows,
+    require_files,
+)
 from slade.data.records import ImageRecord, ImageSet
 from slade.errors import DataError
 
@@ -70,12 +77,8 @@ def _leaf_labels(
             if class_id not in classes:
                 raise DataError(f"{row.where}: class id {class_id} is not in classes.txt")
         parents.setdefault(row.fields[1], row.where)
-    labels = read_ids(base / "image_class_labels.txt", "<image_id> <class_id>")
-    for image_id, (class_id, where) in labels.items():
-        if image_id not in images:
-            raise DataError(f"{where}: image id {image_id} is not in images.txt")
-        if class_id not in classes:
-            raise DataError(f"{where}: class id {class_id} is not in classes.txt")
+    labels = read_image_labels(base, images, classes)
+    for class_id, where in labels.values():
         if class_id in parents:
             raise DataError(f"{where}: class {class_id} is not a leaf category "
                             f"({parents[class_id]} names it as a parent)")
