@@ -13,7 +13,8 @@ all the others. Three timings, in one process, after a small warm-up of each:
 NMI is left out of all of them (``--nmi`` adds it to PML and ours). The values of PML and ours
 are compared (max |difference| of precision@1, r_precision, map@r); ratios are PML's time over
 each method's time. ``--ours-only`` (e.g. with ``--n 1000000``) runs only ours and reports
-the peak resident memory of the process.
+the peak resident memory of the process; ``--max-memory-mb`` bounds the search's working memory
+(a window of row blocks keeps a running top k when all of them do not fit).
 
     .venv/bin/python benchmarks/evaluation_speed.py --n 50000
 """
@@ -31,7 +32,7 @@ import faiss
 import numpy as np
 import torch
 
-from slade.evaluation.retrieval import evaluate_embeddings
+from slade.evaluation.retrieval import _plan, evaluate_embeddings
 
 PAIRS = {
     "precision_at_1": "precision@1",
@@ -96,6 +97,8 @@ def main() -> None:
     parser.add_argument("--chunk-size", type=int, default=4096)
     parser.add_argument("--nmi", action="store_true", help="include NMI in PML and ours")
     parser.add_argument("--ours-only", action="store_true", help="skip PML and faiss")
+    parser.add_argument("--max-memory-mb", type=float,
+                        help="evaluate_embeddings' bound on its working memory (default: none)")
     args = parser.parse_args()
     logging.getLogger("PML").setLevel(logging.ERROR)
 
@@ -103,11 +106,19 @@ def main() -> None:
     x, labels = make_data(args.n, args.d, args.classes, args.sigma, args.seed)
     k = int(np.bincount(labels).max()) - 1
     print(f"data: n={args.n} d={args.d} classes={args.classes} sigma={args.sigma} "
-          f"seed={args.seed}; k = largest R = {k}; NMI {'included' if args.nmi else 'excluded'}")
+          f"seed={args.seed}; k = largest R = {k}; NMI {'included' if args.nmi else 'excluded'}; "
+          f"max_memory_mb {args.max_memory_mb}")
+    if args.max_memory_mb:
+        chunk, window, symmetric = _plan(args.n, k, True, args.chunk_size, args.max_memory_mb)
+        blocks = -(-args.n // chunk)
+        plan = (f"window {window} of {blocks} row blocks" if window else "all row blocks") \
+            if symmetric else "streaming faiss.knn"
+        print(f"search plan: chunk {chunk}, {plan}")
     xn = None if args.ours_only else torch.nn.functional.normalize(torch.from_numpy(x), dim=1)
 
     def ours(x=x, labels=labels):
-        return evaluate_embeddings(x, labels, nmi=args.nmi, chunk_size=args.chunk_size)
+        return evaluate_embeddings(x, labels, nmi=args.nmi, chunk_size=args.chunk_size,
+                                   max_memory_mb=args.max_memory_mb)
 
     small = slice(0, 2000)  # warm-up: imports, thread pools, allocator
     ours(x[small], labels[small])

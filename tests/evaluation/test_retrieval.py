@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import math
+import threading
 import warnings
 
 import numpy as np
@@ -162,13 +163,93 @@ def test_query_gallery_matches_pml():
     assert ours == pytest.approx({**ours, **brute_force(x, labels, (1, 5, 10), g, gl)}, abs=1e-12)
 
 
-def test_streaming_and_symmetric_searches_agree():
-    # max_memory_mb too small for the running top k of all 3000 queries -> streaming search.
+def spy_searches(monkeypatch):
+    """Records the (search, window) of every exact search evaluate_embeddings starts."""
+    calls = []
+    same_source, streaming = knn.exact_same_source, knn.exact_streaming
+
+    def windowed(*args, window=None, **kwargs):
+        calls.append(("symmetric", window))
+        return same_source(*args, window=window, **kwargs)
+
+    def streamed(*args, **kwargs):
+        calls.append(("streaming", None))
+        return streaming(*args, **kwargs)
+
+    monkeypatch.setattr(knn, "exact_same_source", windowed)
+    monkeypatch.setattr(knn, "exact_streaming", streamed)
+    return calls
+
+
+def test_memory_bound_picks_a_window_or_streaming_and_all_agree(monkeypatch):
+    # 3000 queries, k = 70 or so, chunk 128: the running top k of all 24 row blocks needs
+    # 2.5 MB. 1 MB fits a window of a few row blocks; 0.3 MB not even two: streaming.
+    calls = spy_searches(monkeypatch)
     x, labels, _ = clustered(3000, 32, 60, seed=4, sigma=1.5)
-    symmetric = evaluate_embeddings(x, labels, nmi=False, chunk_size=256)
-    streaming = evaluate_embeddings(x, labels, nmi=False, chunk_size=256, max_memory_mb=1)
-    assert streaming == pytest.approx(symmetric, abs=1e-12)
-    assert symmetric == pytest.approx(brute_force(x, labels, (1, 2, 4, 8)), abs=1e-12)
+    full = evaluate_embeddings(x, labels, nmi=False, chunk_size=128)
+    windowed = evaluate_embeddings(x, labels, nmi=False, chunk_size=128, max_memory_mb=1)
+    streaming = evaluate_embeddings(x, labels, nmi=False, chunk_size=128, max_memory_mb=0.3)
+    assert calls[0] == ("symmetric", None)
+    assert calls[1][0] == "symmetric" and 2 <= calls[1][1] < 24
+    assert calls[2] == ("streaming", None)
+    assert windowed == pytest.approx(full, abs=1e-12)
+    assert streaming == pytest.approx(full, abs=1e-12)
+    assert full == pytest.approx(brute_force(x, labels, (1, 2, 4, 8)), abs=1e-12)
+
+
+@pytest.mark.parametrize("window,workers", [(1, 2), (2, 2), (3, 1), (3, 3), (5, 2)])
+def test_windowed_search_is_exact_and_keeps_few_running_top_ks(monkeypatch, window, workers):
+    n, k, chunk = 1000, 20, 64  # 16 row blocks, the last one ragged
+    x = torch.nn.functional.normalize(torch.randn(n, 8, generator=torch.Generator().manual_seed(3)))
+    sims = x @ x.T
+    sims.fill_diagonal_(float("-inf"))
+    best = torch.topk(sims, k, dim=1).values
+    live, most = [0], [0]
+
+    class CountedHeaps(knn._Heaps):
+        def __init__(self, *args):
+            super().__init__(*args)
+            live[0] += 1
+            most[0] = max(most[0], live[0])
+
+        def result(self):
+            live[0] -= 1
+            return super().result()
+
+    monkeypatch.setattr(knn, "_Heaps", CountedHeaps)
+    chunks = list(knn.exact_same_source(x, k, chunk, workers=workers, window=window))
+    assert [(s, e) for s, e, _ in chunks] == [(s, min(s + chunk, n)) for s in range(0, n, chunk)]
+    idx = torch.cat([i for _, _, i in chunks])
+    assert not (idx == torch.arange(n)[:, None]).any()
+    assert (idx.sort(1).values.diff(dim=1) != 0).all()
+    torch.testing.assert_close(torch.gather(sims, 1, idx), best, rtol=0, atol=1e-6)
+    assert live[0] == 0 and most[0] <= window + workers + 1
+
+
+def test_window_schedule_offers_every_block_to_both_sides_once():
+    for b, w in [(1, 1), (5, 1), (7, 3), (6, 6), (9, 4)]:
+        pairs = knn._window_schedule(b, w)
+        seen = {}
+        for _, i, j, shared in pairs:
+            seen[i, j] = seen.get((i, j), 0) + 1
+            if shared and i != j:
+                seen[j, i] = seen.get((j, i), 0) + 1
+        assert seen == {(i, j): 1 for i in range(b) for j in range(b)}, (b, w)
+        times = [t for t, *_ in pairs]
+        assert times == sorted(times)
+        multiply_adds = sum(1 for *_, shared in pairs)  # blocks computed
+        if w == b:
+            assert multiply_adds == b * (b + 1) // 2
+
+
+def test_consumer_stopping_early_stops_the_search():
+    x = torch.nn.functional.normalize(torch.randn(4000, 8, generator=torch.Generator().manual_seed(0)))
+    before = threading.active_count()
+    search = knn.exact_same_source(x, 5, 64, workers=2, window=4)
+    next(search)
+    assert threading.active_count() > before  # the runner and its workers
+    search.close()  # stops them after their current blocks and joins them
+    assert threading.active_count() == before
 
 
 def test_torch_tensors_and_numpy_arrays_agree():

@@ -105,64 +105,155 @@ def _candidate_groups(sims: torch.Tensor, row_thr: torch.Tensor, col_thr: torch.
         yield rows, cols, grouped[group, :, cols]
 
 
-def exact_same_source(x: torch.Tensor, k: int, chunk: int, workers: int | None = None) -> Chunks:
+def exact_same_source(
+    x: torch.Tensor, k: int, chunk: int, workers: int | None = None, window: int | None = None
+) -> Chunks:
     """Exact top k of every row of ``x`` among the other rows, using the symmetry of ``x x^T``.
 
-    Each block ``(i, j)``, ``j > i``, of the Gram matrix is computed once (float32 matmul) and
-    offered both to the rows of block i and, along its columns, to the rows of block j: half the
-    multiply-adds of a plain search. The diagonal blocks (own position masked) go first, so every
-    row starts with a threshold. ``workers`` threads (default: torch's thread count), each
-    single-threaded, process blocks that share no row block, so no two touch the same heaps.
-    Memory: the running top k of every row (``12 n k`` bytes) and one block per worker.
+    Each block ``(i, j)``, ``i < j < i + window``, of the Gram matrix is computed once (float32
+    matmul) and offered both to the rows of block i and, along its columns, to the rows of block
+    j. Blocks further apart than ``window`` are computed twice, once for each side's rows, so
+    that only ``window`` row blocks need a running top k at any time: row block i is finished,
+    yielded and freed once its row of blocks is done. With ``window=None`` (every block shares)
+    this costs half the multiply-adds of a plain search; with ``window = blocks / 2``, 5/8.
+    A row block's diagonal block (own position masked) goes first, so its rows start with a
+    threshold. ``workers`` threads (default: torch's thread count), each single-threaded,
+    process blocks that share no row block, so no two touch the same heaps.
+    Memory: ``12 k`` bytes per row of the live row blocks (``window`` of them, plus one per
+    worker running ahead), and one block per worker.
 
     Args:
         x: ``(n, d)`` float32, L2-normalised.
         k: neighbours per row, at most ``n - 1``.
         chunk: rows per block, a multiple of GROUP.
         workers: threads; ``None`` uses ``torch.get_num_threads()``.
+        window: row blocks whose running top k live at once (at least 1); ``None``: all.
 
     Yields:
-        ``(start, stop, indices)`` per row block, in order, once all blocks are done.
+        ``(start, stop, indices)`` per row block, in order, as soon as it and those before it
+        are done.
     """
     n = len(x)
-    starts = list(range(0, n, chunk))
-    blocks = [(s, min(s + chunk, n)) for s in starts]
-    heaps = [_Heaps(e - s, k) for s, e in blocks]
+    blocks = [(s, min(s + chunk, n)) for s in range(0, n, chunk)]
+    b = len(blocks)
+    w = b if window is None else max(1, min(window, b))
+    pairs = _window_schedule(b, w)
+    touches = [0] * b
+    for _, i, j, shared in pairs:
+        touches[i] += 1
+        touches[j] += shared and i != j
+    heaps: dict[int, _Heaps] = {}
+    finished: dict[int, torch.Tensor] = {}
+    lock = threading.Condition()
 
-    def work(i: int, j: int, buf: torch.Tensor) -> None:
+    def heap(i: int) -> _Heaps:
+        with lock:
+            if i not in heaps:
+                heaps[i] = _Heaps(blocks[i][1] - blocks[i][0], k)
+            return heaps[i]
+
+    def touched(i: int) -> None:
+        with lock:
+            touches[i] -= 1
+            if touches[i] == 0:
+                finished[i] = heaps.pop(i).result()
+                lock.notify_all()
+
+    def work(i: int, j: int, shared: bool, buf: torch.Tensor) -> None:
         (s, e), (t, f) = blocks[i], blocks[j]
         sims = torch.mm(x[s:e], x[t:f].T, out=buf[: (e - s) * (f - t)].view(e - s, f - t))
+        rows_heap = heap(i)
         if i == j:
-            heaps[i].add_dense(sims.fill_diagonal_(_NEG_INF), s)
-            return
-        # i < j, so block i is full and e - s is a multiple of GROUP
-        for rows, cols, vals in _candidate_groups(sims, heaps[i].thr, heaps[j].thr):
-            heaps[j].add(cols, vals, rows + s)  # along columns: GROUP values per column
-            col_ids = torch.repeat_interleave(cols + t, GROUP)[:, None]
-            heaps[i].add(rows.view(-1), vals.view(-1, 1), col_ids)  # along rows: one per entry
+            rows_heap.add_dense(sims.fill_diagonal_(_NEG_INF), s)
+        elif not shared:
+            if (e - s) % GROUP:  # the ragged last row block: offer it all
+                rows_heap.add_dense(sims, t)
+            else:
+                col_thr = torch.full((f - t,), float("inf"))
+                for rows, cols, vals in _candidate_groups(sims, rows_heap.thr, col_thr):
+                    col_ids = torch.repeat_interleave(cols + t, GROUP)[:, None]
+                    rows_heap.add(rows.view(-1), vals.view(-1, 1), col_ids)
+        else:  # i < j, so block i is full and e - s is a multiple of GROUP
+            cols_heap = heap(j)
+            for rows, cols, vals in _candidate_groups(sims, rows_heap.thr, cols_heap.thr):
+                cols_heap.add(cols, vals, rows + s)  # along columns: GROUP values per column
+                col_ids = torch.repeat_interleave(cols + t, GROUP)[:, None]
+                rows_heap.add(rows.view(-1), vals.view(-1, 1), col_ids)  # along rows
+        touched(i)
+        if shared and i != j:
+            touched(j)
 
-    pairs = [(i, i) for i in range(len(blocks))]
-    pairs += [(i, j) for i in range(len(blocks)) for j in range(i + 1, len(blocks))]
-    _run_disjoint(pairs, work, chunk * chunk, workers or torch.get_num_threads())
-    for (s, e), heap in zip(blocks, heaps, strict=True):
-        yield s, e, heap.result()
+    errors: list[BaseException] = []
+    stop = threading.Event()
+    workers = workers or torch.get_num_threads()
+
+    def search() -> None:
+        try:
+            _run_disjoint(pairs, work, chunk * chunk, workers, stop, lookahead=workers)
+        except BaseException as exc:  # handed to the consumer below
+            errors.append(exc)
+        finally:
+            with lock:
+                lock.notify_all()
+
+    runner = threading.Thread(target=search, daemon=True)
+    runner.start()
+    try:
+        for i, (s, e) in enumerate(blocks):
+            with lock:
+                while i not in finished and not errors and runner.is_alive():
+                    lock.wait(1.0)
+                if i not in finished:
+                    raise errors[0] if errors else RuntimeError(f"row block {i} was not searched")
+                idx = finished.pop(i)
+            yield s, e, idx
+    finally:  # also when the consumer stops early or is interrupted
+        stop.set()
+        runner.join()
 
 
-def _run_disjoint(pairs, work, buf_size: int, workers: int) -> None:
-    """Runs ``work(i, j, buffer)`` for every pair on ``workers`` single-threaded threads, never
-    two pairs that share a block at the same time; in list order as far as that allows."""
+def _window_schedule(b: int, w: int) -> list[tuple[int, int, int, bool]]:
+    """``(time, i, j, shared)`` block pairs of :func:`exact_same_source`; at time i, row block
+    i is finished.
+
+    Diagonal blocks come first for the first ``w`` row blocks and then as each enters the
+    window; the rest of row block i's pairs follow: shared with the ``w - 1`` blocks after it,
+    one-sided (for i's rows only) with every block ``w`` or more away on either side.
+    """
+    pairs = [(0, i, i, True) for i in range(min(w, b))]
+    for i in range(b):
+        if i and i + w - 1 < b:
+            pairs.append((i, i + w - 1, i + w - 1, True))
+        pairs += [(i, i, j, True) for j in range(i + 1, min(i + w, b))]
+        pairs += [(i, i, j, False) for j in range(b) if abs(j - i) >= w]
+    return pairs
+
+
+def _run_disjoint(pairs, work, buf_size: int, workers: int, stop: threading.Event,
+                  lookahead: int) -> None:
+    """Runs ``work(i, j, shared, buffer)`` for every ``(time, i, j, shared)`` pair on ``workers``
+    single-threaded threads, never two pairs that write the same row block's heaps at the same
+    time (a shared pair writes both blocks', a one-sided pair only block i's); in list order as
+    far as that allows, never more than ``lookahead`` times ahead of the earliest pending pair
+    (which bounds the live heaps). Setting ``stop`` lets the workers stop after their block."""
     pending, busy, errors = list(pairs), set(), []
     cond = threading.Condition()
 
+    def writes(pair) -> set[int]:
+        _, i, j, shared = pair
+        return {i, j} if shared else {i}
+
     def next_pair():
         with cond:
-            while pending and not errors:
-                pair = next((p for p in pending if p[0] not in busy and p[1] not in busy), None)
+            while pending and not errors and not stop.is_set():
+                limit = pending[0][0] + lookahead
+                pair = next((p for p in pending if p[0] > limit or not writes(p) & busy), None)
+                pair = None if pair is None or pair[0] > limit else pair
                 if pair is not None:
                     pending.remove(pair)
-                    busy.update(pair)
+                    busy.update(writes(pair))
                     return pair
-                cond.wait()
+                cond.wait(1.0)
             return None
 
     def run() -> None:
@@ -170,27 +261,19 @@ def _run_disjoint(pairs, work, buf_size: int, workers: int) -> None:
         buf = torch.empty(buf_size)
         while (pair := next_pair()) is not None:
             try:
-                work(*pair, buf)
+                work(*pair[1:], buf)
             except Exception as exc:
                 errors.append(exc)
             finally:
                 with cond:
-                    busy.difference_update(pair)
+                    busy.difference_update(writes(pair))
                     cond.notify_all()
 
-    torch_threads = torch.get_num_threads()
     threads = [threading.Thread(target=run, daemon=True) for _ in range(max(1, workers))]
-    try:
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
-    except BaseException:  # e.g. KeyboardInterrupt: let the workers stop after their block
-        with cond:
-            pending.clear()
-        raise
-    finally:
-        torch.set_num_threads(torch_threads)
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
     if errors:
         raise errors[0]
 

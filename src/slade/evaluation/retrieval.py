@@ -69,10 +69,13 @@ def evaluate_embeddings(
     on blocks that share no rows. With a gallery, chunks of queries stream through
     ``faiss.knn``. No n x n matrix is formed, and the metrics are summed chunk by chunk.
 
-    Memory (beyond the normalised copy of the embeddings): without a gallery, 12 bytes per query
-    and neighbour for the running top k plus about 6 chunk^2 bytes per worker; with a gallery,
-    O(chunk * k). An out-of-memory error restarts the search streaming with half the chunk, with
-    a ``ResourceWarning``.
+    Memory (beyond the normalised and label-sorted copies of the embeddings): without a gallery,
+    12 bytes per query and neighbour for the running top k plus about 6 chunk^2 bytes per
+    worker; with a gallery, O(chunk * k). With ``max_memory_mb`` too small for the running top k
+    of all queries, only a window of row blocks keeps one at a time: blocks further apart than
+    the window are computed once for each side (5/8 of a plain search's multiply-adds when half
+    the queries fit). An out-of-memory error restarts the search streaming with half the chunk,
+    with a ``ResourceWarning``.
 
     Args:
         query: ``(n, d)`` embeddings, numpy array or torch tensor.
@@ -82,9 +85,10 @@ def evaluate_embeddings(
         ks: the K of Recall@K, each at most the number of items a query can retrieve.
         nmi: also compute NMI (the ``nmi`` key is absent otherwise).
         chunk_size: queries per block of the exact search (rounded up to a multiple of 16).
-        max_memory_mb: if given, the chunk is shrunk until the estimated working memory fits;
-            without a gallery, if the running top k of all queries does not fit in half of
-            it, queries stream through ``faiss.knn`` instead (twice the multiply-adds).
+        max_memory_mb: if given, the search's working memory (beyond the embeddings) is kept
+            under it: without a gallery, the window of row blocks with a running top k is as
+            wide as fits (if not even two fit, queries stream through ``faiss.knn``: twice the
+            multiply-adds of the symmetric search); the chunk is shrunk as needed.
         index: ``"exact"`` (default) or ``"ivf"``: a faiss ``IndexIVFFlat`` over the gallery,
             approximate (neighbours in unprobed cells are missed), for very large galleries.
         nprobe: cells searched per query with ``index="ivf"``.
@@ -132,8 +136,8 @@ def evaluate_embeddings(
         found = knn.approximate(q, g, k, chunk_size, nprobe)
         metrics = _score(((slice(s, e), idx) for s, e, idx in found), ql, gl, relevant, ks)
     else:
-        chunk, symmetric = _plan(len(q), k, same_source, chunk_size, max_memory_mb)
-        metrics = _search_and_score(q, g, ql, gl, relevant, ks, k, chunk, symmetric)
+        chunk, window, symmetric = _plan(len(q), k, same_source, chunk_size, max_memory_mb)
+        metrics = _search_and_score(q, g, ql, gl, relevant, ks, k, chunk, window, symmetric)
     if nmi:
         metrics["nmi"] = _nmi(q, ql)
     return metrics
@@ -189,27 +193,40 @@ def _relevant_counts(ql: np.ndarray, gl: np.ndarray, same_source: bool) -> np.nd
 
 
 def _plan(n: int, k: int, same_source: bool, chunk_size: int, max_memory_mb: float | None):
-    """Chunk (a multiple of knn.GROUP) and search mode that fit the memory bound."""
+    """Chunk (a multiple of knn.GROUP), window (row blocks with a live running top k; ``None``:
+    all) and search mode (symmetric or streaming) that fit the memory bound."""
     chunk = -(-chunk_size // knn.GROUP) * knn.GROUP
-    symmetric = same_source
     if max_memory_mb is None:
-        return chunk, symmetric
+        return chunk, None, same_source
     budget = max_memory_mb * _MB
-    if symmetric and 12 * n * k > budget / 2:
-        symmetric = False
-    left = budget - (12 * n * k if symmetric else 0)
-    while chunk > knn.GROUP and _work_bytes(chunk, k, symmetric) > left:
+    if same_source:
+        workers = torch.get_num_threads()
+        blocks = -(-n // chunk)
+        while True:
+            heap_bytes = 12 * chunk * k
+            window = int((budget - _work_bytes(chunk, k, True)) // heap_bytes) - workers - 1
+            if window >= blocks:
+                return chunk, None, True
+            if window >= 2:
+                return chunk, window, True
+            if chunk <= 4 * knn.GROUP:
+                break
+            chunk = max(knn.GROUP, chunk // 2 // knn.GROUP * knn.GROUP)
+            blocks = -(-n // chunk)
+        chunk = -(-chunk_size // knn.GROUP) * knn.GROUP  # too little for two: stream instead
+    while chunk > knn.GROUP and _work_bytes(chunk, k, False) > budget:
         chunk = max(knn.GROUP, chunk // 2 // knn.GROUP * knn.GROUP)
-    if _work_bytes(chunk, k, symmetric) > left:
-        need = (_work_bytes(chunk, k, symmetric) + budget - left) / _MB
+    if _work_bytes(chunk, k, False) > budget:
+        need = _work_bytes(chunk, k, False) / _MB
         raise DataError(f"max_memory_mb={max_memory_mb} is too small: the search needs "
                         f"about {need:.1f} MB")
-    return chunk, symmetric
+    return chunk, None, False
 
 
 def _work_bytes(chunk: int, k: int, symmetric: bool) -> int:
-    """Estimated working memory for a chunk: block products and their filters per worker (or
-    faiss's 4096 x 1024 block), neighbour lists and metric temporaries."""
+    """Estimated working memory for a chunk, beyond the running top k of the symmetric search:
+    block products and their filters per worker (or faiss's 4096 x 1024 block), neighbour
+    lists and metric temporaries."""
     if symmetric:
         block = 6 * chunk**2 * torch.get_num_threads()
     else:
@@ -217,7 +234,7 @@ def _work_bytes(chunk: int, k: int, symmetric: bool) -> int:
     return block + 52 * chunk * k
 
 
-def _search_and_score(q, g, ql, gl, relevant, ks, k, chunk, symmetric):
+def _search_and_score(q, g, ql, gl, relevant, ks, k, chunk, window, symmetric):
     """Exact search and metrics; on out-of-memory, retries streaming with half the chunk."""
     while True:
         try:
@@ -225,7 +242,7 @@ def _search_and_score(q, g, ql, gl, relevant, ks, k, chunk, symmetric):
                 # Blocks of same-label items: likely neighbours meet early, which raises each
                 # query's threshold sooner. Exact in any order.
                 order = torch.from_numpy(np.argsort(ql, kind="stable"))
-                found = knn.exact_same_source(torch.from_numpy(q)[order], k, chunk)
+                found = knn.exact_same_source(torch.from_numpy(q)[order], k, chunk, window=window)
                 neighbours = ((order[s:e], order[idx]) for s, e, idx in found)
             else:
                 found = knn.exact_streaming(q, g, k, chunk)
