@@ -14,11 +14,13 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Subset
 
 from slade.config import DataConfig, ModelConfig
+from slade.data.datasets import ImageDataset
 from slade.data.images import Decoder, open_image
 from slade.data.transforms import Transform, eval_transform
+from slade.engine import distributed
 from slade.engine.checkpoint import load_checkpoint, save_checkpoint
 from slade.engine.trainer import resolve_device
 from slade.errors import CheckpointError, ConfigError, DataError
@@ -97,30 +99,76 @@ class _Views(Dataset):
 def embed_dataset(
     model: EmbeddingNet, images: Dataset, transform: Transform, device: torch.device,
     batch_size: int = 256, num_workers: int = 0, out: np.ndarray | None = None,
-) -> np.ndarray:
+    *, across_ranks: bool = False,
+) -> np.ndarray | None:
     """Embed every image of ``images`` (uint8 tensors) into ``out`` (allocated when not given).
 
     ``out`` may be a ``np.memmap``, so that embeddings of a large pool stream to disk.
+
+    With ``across_ranks`` under ``torchrun``, every rank must call this: each embeds its
+    contiguous share of the images, and rank 0 receives every row into ``out`` (one batch per
+    rank at a time, so nothing is held twice) and returns it; the other ranks return ``None``.
+    Unreadable images a lazily read set meets on any rank are then known to every rank.
     """
+    if across_ranks and distributed.active():
+        return _embed_across_ranks(model, images, transform, device, batch_size, num_workers, out)
+    if out is None:
+        out = np.empty((len(images), model.embedding_dim), dtype=np.float32)
+    position = 0
+    for z in _embedded_batches(model, images, transform, device, batch_size, num_workers):
+        out[position : position + len(z)] = z.float().cpu().numpy()
+        position += len(z)
+    return out
+
+
+def _embedded_batches(model, images, transform, device, batch_size, num_workers):
     was_training = model.training
     model.eval()
-    n = len(images)
-    if out is None:
-        out = np.empty((n, model.embedding_dim), dtype=np.float32)
     loader = DataLoader(_Views(images, transform), batch_size=batch_size, num_workers=num_workers,
                         pin_memory=device.type == "cuda")
     cuda = device.type == "cuda"
-    position = 0
-    for x in loader:
-        x = x.to(device, non_blocking=True)
-        if cuda:
-            x = x.contiguous(memory_format=torch.channels_last)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda):
-            z = model(x)
-        out[position : position + len(z)] = z.float().cpu().numpy()
-        position += len(z)
-    model.train(was_training)
-    return out
+    try:
+        for x in loader:
+            x = x.to(device, non_blocking=True)
+            if cuda:
+                x = x.contiguous(memory_format=torch.channels_last)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda):
+                yield model(x)
+    finally:
+        model.train(was_training)
+
+
+def _embed_across_ranks(model, images, transform, device, batch_size, num_workers, out):
+    world, me, n, d = distributed.world_size(), distributed.rank(), len(images), model.embedding_dim
+    share = -(-n // world)
+
+    def span(rank: int) -> tuple[int, int]:
+        return min(n, rank * share), min(n, (rank + 1) * share)
+
+    start, stop = span(me)
+    if me == 0 and out is None:
+        out = np.empty((n, d), dtype=np.float32)
+    mine = _embedded_batches(model, Subset(images, range(start, stop)), transform, device,
+                             batch_size, num_workers)
+    comm = distributed.comm_device()
+    for step in range(-(-share // batch_size)):  # the same number of gathers on every rank
+        piece = torch.zeros(batch_size, d, device=comm)
+        z = next(mine, None)
+        if z is not None:
+            piece[: len(z)] = z.float()
+        parts = distributed.all_gather(piece, "gathering embeddings")
+        if me == 0:
+            for rank, part in enumerate(parts):
+                first, last = span(rank)
+                a = first + step * batch_size
+                b = min(last, a + batch_size)
+                if b > a:
+                    out[a:b] = part[: b - a].cpu().numpy()
+    if isinstance(images, ImageDataset):
+        met = [(int(i), images.bad_reason(int(i))) for i in images.unreadable() if start <= i < stop]
+        for found in distributed.all_gather_object(met, "sharing unreadable images"):
+            images.note_unreadable(found)
+    return out if me == 0 else None
 
 
 class Embedder:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -61,9 +62,9 @@ def train(tree: Path, out: Path) -> None:
     swav.head = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 16))  # no BatchNorm1d
     fit(swav, swav_cfg, out / "pretrain", CPU)
 
-    def evaluate() -> dict[str, float]:
-        embeddings = embed_dataset(model, images, eval_transform(28, 1), CPU, 64)
-        return evaluate_embeddings(embeddings, images.labels, ks=(1, 2))
+    def evaluate() -> dict[str, float]:  # every rank embeds its share, rank 0 scores
+        embeddings = embed_dataset(model, images, eval_transform(28, 1), CPU, 64, across_ranks=True)
+        return evaluate_embeddings(embeddings, images.labels, ks=(1, 2)) if distributed.is_main() else {}
 
     train_args = {"steps": 4, "batch_size": 8, "m_per_class": 2, "warmup_steps": 1, "log_every": 1,
                   "checkpoint_every": 2}
@@ -76,12 +77,31 @@ def train(tree: Path, out: Path) -> None:
     torch.manual_seed(1)
     student = StudentStage(model, images, images, pseudo_labels, student_cfg, DATA, seed=1)
     result = fit(student, student_cfg, out / "student", CPU, evaluate)
+    # 48 images in shares of 24, batches of 5: the ranks' last batches are partial.
+    embeddings = embed_dataset(model, images, eval_transform(28, 1), CPU, 5, across_ranks=True)
+    assert (embeddings is None) == (not distributed.is_main())
+    unreadable_met_on_any_rank(tree, out)
     if distributed.is_main():
+        np.save(out / "embeddings.npy", embeddings)
         state = {f"{name}.{key}": value for name, module in student.modules().items()
                  for key, value in module.state_dict().items()}
         state |= {f"swav_head.{key}": value for key, value in swav.head.state_dict().items()}
         torch.save(state, out / "weights.pt")
         (out / "metrics.json").write_text(json.dumps(result.final_metrics))
+
+
+def unreadable_met_on_any_rank(tree: Path, out: Path) -> None:
+    """The last image (index 47, in rank 1's share) is corrupt: after embedding a lazily read
+    copy of the tree across ranks, every rank knows it as unreadable."""
+    bad_tree = out / "bad_tree"
+    if distributed.is_main():
+        shutil.copytree(tree, bad_tree)
+        (bad_tree / "c07" / "i05.png").write_bytes(b"not a png")
+    distributed.barrier()
+    lazy = ImageDataset(read_class_folders(bad_tree), Decoder(1, 28, True), cache=False,
+                        max_bad_fraction=0.5)
+    embed_dataset(small_net(), lazy, eval_transform(28, 1), CPU, 5, across_ranks=True)
+    assert lazy.unreadable().tolist() == [47], (distributed.rank(), lazy.unreadable())
 
 
 def torchrun(tree: Path, out: Path, **env: str) -> subprocess.CompletedProcess:
@@ -123,6 +143,8 @@ def test_two_processes_train_as_one_process_with_the_same_global_batch(class_tre
         a, b = losses(tmp_path / "one" / stage / "log.jsonl"), losses(tmp_path / "two" / stage / "log.jsonl")
         assert [s for s, _ in a] == [s for s, _ in b] and np.allclose([x for _, x in a], [x for _, x in b],
                                                                        atol=1e-4), stage
+    embeddings = [np.load(tmp_path / run / "embeddings.npy") for run in ("one", "two")]
+    assert embeddings[0].shape == (48, 16) and np.allclose(embeddings[0], embeddings[1], atol=1e-4)
     metrics = [json.loads((tmp_path / run / "metrics.json").read_text()) for run in ("one", "two")]
     assert metrics[0].keys() == metrics[1].keys() and "recall@1" in metrics[0]
     assert all(abs(metrics[0][k] - metrics[1][k]) < 1e-4 for k in metrics[0])

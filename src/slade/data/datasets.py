@@ -68,6 +68,17 @@ class ImageDataset(Dataset):
         """Indices of the images met so far that could not be read (a lazy set's stand-ins)."""
         return np.array(sorted(self._bad_index), dtype=np.int64)
 
+    def bad_reason(self, index: int) -> str:
+        """Why image ``index``, met unreadable, could not be read."""
+        return self._bad_index[index].reason
+
+    def note_unreadable(self, found: Sequence[tuple[int, str]]) -> None:
+        """Record images another process met unreadable (``(index, reason)``), as if met here;
+        that process appended them to the report already."""
+        for index, reason in found:
+            if index not in self._bad_index:
+                self._mark_bad(index, reason, report=False)
+
     def report_to(self, path: Path, known: Sequence[BadImage] = ()) -> None:
         """Append each unreadable image met from now on to the CSV report at ``path``.
 
@@ -95,12 +106,12 @@ class ImageDataset(Dataset):
         source = self.image_set.records[index].source
         raise DataError(f"{source}: unreadable, and so is every other image of its class in {self.split}")
 
-    def _mark_bad(self, index: int, message: str) -> None:
+    def _mark_bad(self, index: int, message: str, report: bool = True) -> None:
         source = self.image_set.records[index].source
         bad = BadImage(source, message.removeprefix(source + ": "))
         self._bad_index[index] = bad
         self.bad.append(bad)
-        if self._report is not None:
+        if report and self._report is not None:
             # One short append per image: loader worker processes write to the same file.
             line = io.StringIO()
             writer = csv.writer(line)

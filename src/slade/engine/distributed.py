@@ -9,10 +9,12 @@ backward): since every rank computes the same global loss and ``gather``'s backw
 ranks' gradients, the average is the single-process gradient of the global batch. SwAV keeps its
 per-rank loss and balances its Sinkhorn assignment across ranks instead (``ssl/swav.py``).
 
-Only rank 0 writes files (checkpoints, logs, models, metrics, pseudo labels) and evaluates; the
-others wait at :func:`barrier` and read what it wrote. BatchNorm layers become ``SyncBatchNorm`` on
-GPU; on CPU (where PyTorch has no SyncBatchNorm) each rank normalises with its own slice's
-statistics.
+Embedding for evaluation and for pseudo labels is shared: each rank embeds its contiguous part of
+the images and rank 0 receives them all (``inference.embed_dataset(across_ranks=True)``). Only
+rank 0 writes files (checkpoints, logs, models, metrics, pseudo labels), scores retrieval and runs
+k-means; the others wait at :func:`barrier` and read what it wrote. BatchNorm layers become
+``SyncBatchNorm`` on GPU; on CPU (where PyTorch has no SyncBatchNorm) each rank normalises with its
+own slice's statistics.
 
 A rank that dies makes the others' next collective fail (or, past ``SLADE_DIST_TIMEOUT`` seconds,
 time out); they stop with a :class:`DistributedError`, and ``torchrun`` stops the rest.
@@ -26,6 +28,7 @@ import re
 import signal
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -212,6 +215,31 @@ def sync_batchnorm(module: nn.Module, device: torch.device) -> nn.Module:
     if active() and device.type == "cuda":
         return nn.SyncBatchNorm.convert_sync_batchnorm(module)
     return module
+
+
+def all_gather(x: torch.Tensor, what: str) -> list[torch.Tensor]:
+    """Every rank's ``x`` (same shape on every rank), in rank order; no autograd."""
+    if not active():
+        return [x]
+    parts = [torch.empty_like(x) for _ in range(world_size())]
+    with collective(what):
+        dist.all_gather(parts, x.contiguous())
+    return parts
+
+
+def all_gather_object(obj: Any, what: str) -> list[Any]:
+    """Every rank's picklable ``obj`` (small: lists of indices, messages), in rank order."""
+    if not active():
+        return [obj]
+    objs: list[Any] = [None] * world_size()
+    with collective(what):
+        dist.all_gather_object(objs, obj)
+    return objs
+
+
+def comm_device() -> torch.device:
+    """Where this rank's tensors must be for a collective: its GPU under NCCL, else the CPU."""
+    return _device() if active() else torch.device("cpu")
 
 
 def _device() -> torch.device:

@@ -313,14 +313,14 @@ def fit(
                 history.write(entry)
                 progress.update(task, status=f"loss {entry['loss']:.4f}  "
                                 f"{entry['images_per_s']:.0f} img/s")
-            if main and evaluate and config.eval_every and done % config.eval_every == 0 \
-                    and done < config.steps:
+            if evaluate and config.eval_every and done % config.eval_every == 0 \
+                    and done < config.steps:  # every rank: each embeds its share, rank 0 scores
                 metrics = _evaluate(evaluate, modules)
                 history.write({"step": done, **{f"eval/{k}": v for k, v in metrics.items()}})
             if config.checkpoint_every and done % config.checkpoint_every == 0:
                 save(position)
             progress.update(task, completed=done)
-    if main and evaluate:
+    if evaluate:
         metrics = _evaluate(evaluate, modules)
         history.write({"step": config.steps, **{f"eval/{k}": v for k, v in metrics.items()}})
     if config.steps > start:

@@ -74,22 +74,31 @@ class RunContext:
         model, _ = load_embedding_net(self.stage_dir(stage) / MODEL_FILE, self.config.model)
         return model
 
-    def embed(self, model: EmbeddingNet, images, out: np.ndarray | None = None) -> np.ndarray:
+    def embed(self, model: EmbeddingNet, images, out: np.ndarray | None = None) -> np.ndarray | None:
+        """Embeddings of ``images``. Under ``torchrun`` every rank must call this: each embeds its
+        share, and rank 0 gets them all (the other ranks get ``None``)."""
         transform = eval_transform(self.config.data.image_size, self.config.data.channels)
         return embed_dataset(model, images, transform, self.device,
-                             self.config.evaluation.batch_size, out=out)
+                             self.config.evaluation.batch_size, out=out, across_ranks=True)
 
     def evaluator(self, model: EmbeddingNet) -> Callable[[], dict[str, float]]:
-        """Retrieval metrics of ``model`` on the test classes (query vs rest, or vs gallery)."""
+        """Retrieval metrics of ``model`` on the test classes (query vs rest, or vs gallery).
+
+        Under ``torchrun`` every rank embeds its share; rank 0 scores (the others get ``{}``).
+        """
         from slade.evaluation.retrieval import evaluate_embeddings
 
         def evaluate() -> dict[str, float]:
             data, cfg = self.data, self.config.evaluation
-            query, query_labels = readable(data.test, self.embed(model, data.test))
+            query = self.embed(model, data.test)
+            gallery = None if data.gallery is None else self.embed(model, data.gallery)
+            if not distributed.is_main():
+                return {}
+            query, query_labels = readable(data.test, query)
             if data.gallery is None:
                 return evaluate_embeddings(query, query_labels, ks=tuple(cfg.recall_at),
                                            chunk_size=cfg.chunk_size)
-            gallery, gallery_labels = readable(data.gallery, self.embed(model, data.gallery))
+            gallery, gallery_labels = readable(data.gallery, gallery)
             return evaluate_embeddings(query, query_labels, gallery, gallery_labels,
                                        ks=tuple(cfg.recall_at), chunk_size=cfg.chunk_size)
 

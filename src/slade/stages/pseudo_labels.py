@@ -97,7 +97,7 @@ def run_pseudo_labels(ctx: RunContext, teacher: str, out: Path) -> PseudoLabels:
 
     Every file is written atomically and ``done.json`` last, so a killed run redoes the stage.
     Unreadable images of a lazily read pool get pseudo label -1 and no distance. Under ``torchrun``
-    rank 0 makes them and the other ranks read its table.
+    every rank embeds its share of the pool, rank 0 clusters, and the other ranks read its table.
     """
     pool = ctx.data.unlabeled
     sources = hashlib.sha256("\n".join(pool.image_set.sources).encode()).hexdigest()
@@ -105,8 +105,7 @@ def run_pseudo_labels(ctx: RunContext, teacher: str, out: Path) -> PseudoLabels:
                                   pool=sources)
     if stage_current(out, fingerprint):
         return PseudoLabels.read(out / TABLE)
-    if distributed.is_main():
-        _make_pseudo_labels(ctx, teacher, out, fingerprint)
+    _make_pseudo_labels(ctx, teacher, out, fingerprint)
     distributed.barrier()
     return PseudoLabels.read(out / TABLE)
 
@@ -118,13 +117,17 @@ def _make_pseudo_labels(ctx: RunContext, teacher: str, out: Path, fingerprint: d
         raise DataError(f"the unlabeled pool has {len(pool)} image(s): SLADE needs a pool to cluster")
     model = ctx.load_model(teacher).to(ctx.device)
 
-    # Stream the embeddings to disk: a large pool never has to fit in memory twice.
+    # Stream the embeddings to disk: a large pool never has to fit in memory twice. Under
+    # torchrun every rank embeds its share and rank 0 writes them all and clusters.
     def write_embeddings(path: Path) -> None:
         array = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32,
                                           shape=(len(pool), model.embedding_dim))
         ctx.embed(model, pool, out=array)
         array.flush()
 
+    if not distributed.is_main():
+        ctx.embed(model, pool)
+        return
     atomic_write(out / EMBEDDINGS, write_embeddings)
     embeddings = np.load(out / EMBEDDINGS, mmap_mode="r")
     good = np.setdiff1d(np.arange(len(pool)), pool.unreadable())
