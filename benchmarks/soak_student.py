@@ -9,6 +9,7 @@ the target is flat within 5%.
 
     .venv/bin/python benchmarks/soak_student.py --minutes 60                 # the recorded figure
     .venv/bin/python benchmarks/soak_student.py --minutes 1 --every 25 --set model.width=8  # a quick check
+    .venv/bin/python benchmarks/soak_student.py --summarise soak.log     # the verdict of a saved output
 
 Loader worker processes (``student.num_workers``) are not counted: keep the default 0.
 """
@@ -17,10 +18,12 @@ from __future__ import annotations
 
 import argparse
 import platform
+import re
 import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from slade.config import load_config
@@ -52,7 +55,11 @@ def main() -> None:
     parser.add_argument("--config", default=str(ROOT / "configs" / "omniglot_shift.yaml"))
     parser.add_argument("--set", action="append", default=[], help="config override, repeatable")
     parser.add_argument("--out", help="run directory (default: a temporary one)")
+    parser.add_argument("--summarise", metavar="LOG", help="only print the verdict of a saved output")
     args = parser.parse_args()
+    if args.summarise:
+        summarise_log(args.summarise)
+        return
 
     config = load_config(args.config, ["pretrain.enabled=false", "teacher.steps=0", "analysis.enabled=false",
                                        "student.steps=100000000", *args.set])
@@ -88,15 +95,42 @@ def main() -> None:
         fit(stage, cfg, ctx.stage_dir("student"), device)
     except TimeUp:
         pass
-    after_epoch = next((s for s in samples if s[0] >= epoch), None)
-    end = samples[-1]
-    if after_epoch is None or after_epoch is end:
-        print(f"ran {end[0]} steps: fewer than one epoch and a sample after it; run longer")
+    summarise(samples, epoch)
+
+
+def summarise(samples: list[tuple[int, float, float]], epoch: int) -> None:
+    """Prints the verdict: resident memory after the first epoch against the end.
+
+    Single samples catch whatever temporaries of the step before the allocator has not handed
+    back yet (tens of MB up and down), so each fifth of the samples after the epoch is also
+    summarised by its floor (min: what stays resident; a leak raises it) and its peak (max).
+    """
+    after = [s for s in samples if s[0] >= epoch]
+    if len(after) < 2:
+        print(f"ran {samples[-1][0]} steps: fewer than one epoch and a sample after it; run longer")
         return
-    ratio = end[2] / after_epoch[2]
-    print(f"RSS after the first epoch (step {after_epoch[0]}): {after_epoch[2]:.1f} MB; at the end "
-          f"(step {end[0]}, {end[1] / 60:.1f} min): {end[2]:.1f} MB; ratio {ratio:.3f} "
-          f"({'flat' if abs(ratio - 1) <= 0.05 else 'NOT flat'} within 5%)")
+    first, end = after[0], after[-1]
+
+    def verdict(ratio: float) -> str:
+        return f"ratio {ratio:.3f} ({'flat' if abs(ratio - 1) <= 0.05 else 'NOT flat'} within 5%)"
+
+    print(f"RSS after the first epoch (step {first[0]}): {first[2]:.1f} MB; at the end (step "
+          f"{end[0]}, {end[1] / 60:.1f} min): {end[2]:.1f} MB; {verdict(end[2] / first[2])}")
+    fifths = [part for part in np.array_split(np.array([s[2] for s in after]), 5) if len(part)]
+    print("floor / peak RSS of each fifth of the samples after the epoch (MB): "
+          + ", ".join(f"{part.min():.1f} / {part.max():.1f}" for part in fifths))
+    print(f"floor, first fifth -> last fifth: {fifths[0].min():.1f} -> {fifths[-1].min():.1f} MB, "
+          f"{verdict(fifths[-1].min() / fifths[0].min())}; peak: {fifths[0].max():.1f} -> "
+          f"{fifths[-1].max():.1f} MB, {verdict(fifths[-1].max() / fifths[0].max())}")
+
+
+def summarise_log(path: str) -> None:
+    """The verdict of an earlier run, from its printed output."""
+    text = Path(path).read_text()
+    epoch = int(re.search(r"one epoch = (\d+) steps", text).group(1))
+    samples = [(int(a), float(b), float(c)) for a, b, c in
+               re.findall(r"^step\s+(\d+)\s+(\d+) s\s+RSS\s+([\d.]+) MB", text, re.MULTILINE)]
+    summarise(samples, epoch)
 
 
 if __name__ == "__main__":
