@@ -101,3 +101,25 @@ def test_until_stops_after_the_stage(tmp_path):
     metrics = run(config, tmp_path / "run", until="teacher")
     assert list(metrics) == ["teacher"] and metrics["teacher"]["init"] == "random"
     assert not (tmp_path / "run" / "student").exists()
+
+
+def test_two_processes_under_torchrun_share_embedding_and_write_one_run(tmp_path):
+    # Every rank embeds its share of the pool and of the test set; rank 0 writes them all.
+    import os
+    import subprocess
+    import sys
+
+    out = tmp_path / "run"
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+               "-m", "slade", "demo", "--out", str(out), *sum((["--set", o] for o in TINY), [])]
+    env = {**os.environ, "SLADE_PROGRESS": "0", "OMP_NUM_THREADS": "1", "SLADE_DIST_TIMEOUT": "120"}
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=400)
+    assert done.returncode == 0, done.stderr[-3000:]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert list(metrics) == ["pretrain", "teacher", "student"]
+    assert all(METRIC_KEYS <= stage.keys() for stage in metrics.values())
+    embeddings = np.load(out / "pseudo_labels" / "embeddings.npy")
+    assert embeddings.shape == (160, 16)
+    assert np.allclose(np.linalg.norm(embeddings, axis=1), 1, atol=1e-4)  # every row written
+    table = (out / "pseudo_labels" / "pseudo_labels.csv").read_text().splitlines()
+    assert len(table) == 161
