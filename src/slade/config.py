@@ -182,8 +182,11 @@ class StudentConfig(TrainConfig):
     sd_variance_weight: float = 1.0
     momentum: float = 0.99
     # `confident`: Eq. 7; `thresholds_only`: Eq. 7 without the pseudo-label condition;
-    # `all_pairs`: every pseudo pair, no basis (the naive student).
-    mining: Literal["confident", "thresholds_only", "all_pairs"] = "confident"
+    # `lenient` (not in the paper): drop only the pseudo pairs the basis contradicts (thresholds
+    # swapped); `all_pairs`: every pseudo pair mined by `miner`, no basis (the naive student).
+    mining: Literal["confident", "thresholds_only", "lenient", "all_pairs"] = "confident"
+    # Keep only the basis-kept pairs that `miner` also selects (the hard ones; not in the paper).
+    mine_hard: bool = False
     lambda1: float = 1.0
     lambda2: float = 1.0
 

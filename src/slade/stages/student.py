@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from slade.basis.confident_pairs import ConfidentPairMiner
+from slade.basis.confident_pairs import ConfidentPairMiner, intersect_pairs
 from slade.basis.feature_basis import (
     FeatureBasis,
     pair_statistics,
@@ -71,7 +71,11 @@ class StudentStage:
             raise ConfigError(f"student.basis_size={size}: needs at least one basis vector per "
                               f"labeled class ({num_classes})")
         self.basis = FeatureBasis(model.embedding_dim, size, config.basis_scale, config.momentum)
-        self.confident = ConfidentPairMiner(self.basis, config.mining == "confident")
+        self.confident = ConfidentPairMiner(self.basis, config.mining != "thresholds_only",
+                                            lenient=config.mining == "lenient")
+        if config.mine_hard and not (self.uses_basis and self.miner):
+            raise ConfigError("student.mine_hard needs student.miner and a mining that uses the "
+                              f"basis (student.mining={config.mining})")
         self.labeled_batches = MPerClassBatches(labeled.labels, config.m_per_class,
                                                 config.batch_size, seed, stream=2)
         self.unlabeled_batches = _pseudo_label_batches(pseudo_labels, config, seed)
@@ -124,6 +128,8 @@ class StudentStage:
         terms["rank_labeled"] = self.loss(z_l, y_l, self.miner(z_l, y_l) if self.miner else None)
         if self.uses_basis:
             pairs = self.confident(z_u, y_u)                                     # Eq. 7
+            if self.config.mine_hard:
+                pairs = intersect_pairs(pairs, self.miner(z_u, y_u), len(z_u))
             self._watch_starvation(pairs, step)
         else:
             pairs = self.miner(z_u, y_u) if self.miner else None
