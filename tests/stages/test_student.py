@@ -58,3 +58,24 @@ def test_mine_hard_without_basis_or_miner_is_refused():
         student("student.mining=all_pairs", "student.mine_hard=true")
     with pytest.raises(ConfigError, match="student.mine_hard needs"):
         student("student.mine_hard=true", "student.miner=")
+
+
+def test_steps_without_confident_pairs_are_warned_about_with_the_figures(caplog):
+    stage = student()
+    with torch.no_grad():  # Gaussians no cosine can pass for 50 steps: T1 above 1, T2 below -1
+        stage.basis.mu_pos.fill_(50.0)
+        stage.basis.mu_neg.fill_(-50.0)
+        stage.basis.initialized.fill_(True)
+    batch = next(stage.batches(0))
+    with caplog.at_level("WARNING", logger="slade"):
+        for step in range(49):
+            terms = stage.loss_terms(batch, step)
+        assert not caplog.records
+        assert stage.last["pos_pairs"] == 0 and stage.last["neg_pairs"] == 0
+        assert terms["rank_unlabeled"] == 0
+        stage.loss_terms(batch, 49)
+    (record,) = caplog.records
+    message = record.getMessage()
+    assert "student step 50: 50 steps in a row without confident positive and negative pairs" in message
+    assert "(last: 0 positive, 0 negative; mu+ " in message
+    assert "the unlabeled term is not training" in message
