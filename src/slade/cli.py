@@ -111,6 +111,12 @@ def evaluate(
     gallery_labels: Annotated[Path | None, typer.Option(help="Gallery labels (.npy).")] = None,
     k: Annotated[str, typer.Option(help="Recall@K values, comma-separated.")] = "1,2,4,8",
     out: Annotated[Path | None, typer.Option(help="Write the metrics as JSON here.")] = None,
+    max_memory_mb: Annotated[float | None, typer.Option(
+        help="Bound on the search's working memory (MB); exact at any size.")] = None,
+    index: Annotated[str, typer.Option(
+        help="exact, or ivf (approximate faiss IndexIVFFlat; reports index_recall).")] = "exact",
+    nprobe: Annotated[int, typer.Option(help="Cells searched per query with --index ivf.")] = 32,
+    nmi: Annotated[bool, typer.Option(help="Also compute NMI (a k-means of the queries).")] = True,
 ) -> None:
     """Retrieval metrics (Recall@K, MAP@R, R-Precision, P@1, NMI) of saved embeddings."""
     from slade.evaluation.retrieval import evaluate_embeddings
@@ -125,7 +131,8 @@ def evaluate(
     args = [_load_array(query, "query"), _load_array(query_labels, "query labels")]
     if gallery is not None:
         args += [_load_array(gallery, "gallery"), _load_array(gallery_labels, "gallery labels")]
-    metrics = evaluate_embeddings(*args, ks=ks)
+    metrics = evaluate_embeddings(*args, ks=ks, nmi=nmi, max_memory_mb=max_memory_mb, index=index,
+                                  nprobe=nprobe)
     for name, value in metrics.items():
         print(f"{name}\t{value:.6f}")
     if out is not None:

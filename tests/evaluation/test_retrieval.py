@@ -281,9 +281,12 @@ def test_ivf_with_every_cell_probed_is_exact():
     x, labels, _ = clustered(2000, 16, 20, seed=6)
     exact = evaluate_embeddings(x, labels, nmi=False)
     approx = evaluate_embeddings(x, labels, nmi=False, index="ivf", nprobe=10_000)
-    assert approx == pytest.approx(exact, abs=1e-6)  # other float rounding: near-ties may swap
+    # other float rounding: near-ties may swap
+    assert {k: v for k, v in approx.items() if k != "index_recall"} == pytest.approx(exact, abs=1e-6)
+    assert approx["index_recall"] == pytest.approx(1.0, abs=1e-3)
     rough = evaluate_embeddings(x, labels, nmi=False, index="ivf", nprobe=1)
-    assert set(rough) == set(exact) and all(0 <= v <= 1 for v in rough.values())
+    assert set(rough) == set(exact) | {"index_recall"} and all(0 <= v <= 1 for v in rough.values())
+    assert rough["index_recall"] < 0.9  # 1 of 51 cells searched: neighbours are missed
 
 
 # --- memory -----------------------------------------------------------------------------------
