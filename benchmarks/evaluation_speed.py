@@ -14,7 +14,8 @@ NMI is left out of all of them (``--nmi`` adds it to PML and ours). The values o
 are compared (max |difference| of precision@1, r_precision, map@r); ratios are PML's time over
 each method's time. ``--ours-only`` (e.g. with ``--n 1000000``) runs only ours and reports
 the peak resident memory of the process; ``--max-memory-mb`` bounds the search's working memory
-(a window of row blocks keeps a running top k when all of them do not fit).
+(a window of row blocks keeps a running top k when all of them do not fit); ``--ivf NPROBE``
+also runs the approximate ``index="ivf"`` and prints its time and what it loses against ours.
 
     .venv/bin/python benchmarks/evaluation_speed.py --n 50000
 """
@@ -97,6 +98,8 @@ def main() -> None:
     parser.add_argument("--chunk-size", type=int, default=4096)
     parser.add_argument("--nmi", action="store_true", help="include NMI in PML and ours")
     parser.add_argument("--ours-only", action="store_true", help="skip PML and faiss")
+    parser.add_argument("--ivf", type=int, metavar="NPROBE",
+                        help="also time index='ivf' with this nprobe against ours (exact)")
     parser.add_argument("--max-memory-mb", type=float,
                         help="evaluate_embeddings' bound on its working memory (default: none)")
     args = parser.parse_args()
@@ -134,12 +137,21 @@ def main() -> None:
         rows.append(("faiss IndexFlatL2 search (k+1)", t_faiss))
     t_ours, metrics = timed(ours)
     rows.append(("slade evaluate_embeddings", t_ours))
+    if args.ivf:
+        t_ivf, approx = timed(lambda: evaluate_embeddings(x, labels, nmi=args.nmi, index="ivf",
+                                                          nprobe=args.ivf))
+        rows.append((f"slade, index=ivf nprobe={args.ivf}", t_ivf))
 
     print(f"\n{'method':34s} {'seconds':>9s} {'PML / method':>13s}")
     for name, seconds in rows:
         ratio = f"{t_pml / seconds:12.2f}x" if not args.ours_only else "           -"
         print(f"{name:34s} {seconds:9.2f} {ratio}")
     print("\nours: " + ", ".join(f"{key}={value:.6f}" for key, value in metrics.items()))
+    if args.ivf:
+        print("ivf:  " + ", ".join(f"{key}={value:.6f}" for key, value in approx.items()))
+        print(f"ivf / exact time: {t_ivf / t_ours:.2f}x; index_recall {approx['index_recall']:.4f}; "
+              "metric loss: " + ", ".join(f"{key} {approx[key] - metrics[key]:+.4f}"
+                                         for key in metrics))
     if not args.ours_only:
         diffs = {ours_key: abs(pml[pml_key] - metrics[ours_key])
                  for pml_key, ours_key in PAIRS.items() if pml_key in pml}
