@@ -164,6 +164,7 @@ def _embed_across_ranks(model, images, transform, device, batch_size, num_worker
                 b = min(last, a + batch_size)
                 if b > a:
                     out[a:b] = part[: b - a].cpu().numpy()
+    mine.close()  # puts the model back in its training mode
     if isinstance(images, ImageDataset):
         met = [(int(i), images.bad_reason(int(i))) for i in images.unreadable() if start <= i < stop]
         for found in distributed.all_gather_object(met, "sharing unreadable images"):

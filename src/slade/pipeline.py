@@ -103,6 +103,7 @@ def run(config: Config, run_dir: str | Path, until: str | None = None, force: bo
         except SladeError as exc:
             log.warning("no visual analysis of %s: %s", run_dir, exc)
         write_json(run_dir / "metrics.json", metrics)
+    distributed.finish()  # under torchrun: every process waits for the analysis, then leaves
     return metrics
 
 

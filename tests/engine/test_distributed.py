@@ -173,6 +173,7 @@ if __name__ == "__main__":  # one rank under torchrun
     distributed.setup(CPU)
     try:
         train(Path(sys.argv[1]), Path(sys.argv[2]))
+        distributed.finish()
     except SladeError as exc:
         print(f"error: {exc}", file=sys.stderr, flush=True)
         sys.exit(2)

@@ -40,6 +40,9 @@ from slade.errors import ConfigError, DistributedError
 _LOST_PEER = re.compile(r"gloo|nccl|connection|timed out|timeout|socket|broken pipe|peer", re.IGNORECASE)
 
 
+_owned = False  # whether setup() made the process group (then finish() ends it)
+
+
 def timeout() -> datetime.timedelta:
     """How long a rank waits for the others (a dead or hung rank must not block the rest forever)."""
     return datetime.timedelta(seconds=float(os.environ.get("SLADE_DIST_TIMEOUT", "1800")))
@@ -72,9 +75,22 @@ def setup(device: torch.device) -> torch.device:
         torch.cuda.set_device(local)
         device = torch.device("cuda", local)
     dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=timeout())
+    global _owned
+    _owned = True
     # torchrun sends SIGTERM to the survivors when a rank fails: stop with a message, not silently.
     signal.signal(signal.SIGTERM, _terminated)
     return device
+
+
+def finish() -> None:
+    """Leave the process group that :func:`setup` joined, once every rank is done: a rank that
+    exits while another still uses the group can abort (gloo: "terminate called without an
+    active exception")."""
+    global _owned
+    if _owned and active():
+        barrier()
+        dist.destroy_process_group()
+    _owned = False
 
 
 def _stopping() -> None:
