@@ -165,18 +165,14 @@ def exact_same_source(
         rows_heap = heap(i)
         if i == j:
             rows_heap.add_dense(sims.fill_diagonal_(_NEG_INF), s)
-        elif not shared:
-            if (e - s) % GROUP:  # the ragged last row block: offer it all
-                rows_heap.add_dense(sims, t)
-            else:
-                col_thr = torch.full((f - t,), float("inf"))
-                for rows, cols, vals in _candidate_groups(sims, rows_heap.thr, col_thr):
-                    col_ids = torch.repeat_interleave(cols + t, GROUP)[:, None]
-                    rows_heap.add(rows.view(-1), vals.view(-1, 1), col_ids)
-        else:  # i < j, so block i is full and e - s is a multiple of GROUP
-            cols_heap = heap(j)
-            for rows, cols, vals in _candidate_groups(sims, rows_heap.thr, cols_heap.thr):
-                cols_heap.add(cols, vals, rows + s)  # along columns: GROUP values per column
+        elif (e - s) % GROUP:  # the ragged last row block, one-sided: offer it all
+            rows_heap.add_dense(sims, t)
+        else:  # shared pairs have i < j, so block i is full either way
+            cols_heap = heap(j) if shared else None
+            col_thr = cols_heap.thr if shared else torch.full((f - t,), float("inf"))
+            for rows, cols, vals in _candidate_groups(sims, rows_heap.thr, col_thr):
+                if cols_heap is not None:
+                    cols_heap.add(cols, vals, rows + s)  # along columns: GROUP values per column
                 col_ids = torch.repeat_interleave(cols + t, GROUP)[:, None]
                 rows_heap.add(rows.view(-1), vals.view(-1, 1), col_ids)  # along rows
         touched(i)
@@ -292,12 +288,13 @@ def exact_streaming(
         e = min(s + chunk, len(queries))
         _, idx = faiss.knn(queries[s:e], gallery, k + same_source, faiss.METRIC_INNER_PRODUCT)
         idx = torch.from_numpy(idx)
-        yield s, e, _drop_self(idx, s, k) if same_source else idx
+        yield s, e, drop_self(idx, torch.arange(s, e), k) if same_source else idx
 
 
-def _drop_self(idx: torch.Tensor, start: int, k: int) -> torch.Tensor:
-    """Removes each row's own position from k + 1 neighbours (the last one if it is absent)."""
-    is_self = idx == torch.arange(start, start + len(idx))[:, None]
+def drop_self(idx: torch.Tensor, positions: torch.Tensor, k: int) -> torch.Tensor:
+    """Removes each row's own position (``positions[i]`` for row i) from its k + 1 neighbours
+    (the last one if it is absent)."""
+    is_self = idx == positions[:, None]
     is_self[~is_self.any(1), -1] = True
     return idx[~is_self].view(len(idx), k)
 
@@ -323,4 +320,4 @@ def approximate(
         e = min(s + chunk, len(queries))
         _, idx = index.search(queries[s:e], k + same_source)
         idx = torch.from_numpy(idx)
-        yield s, e, _drop_self(idx, s, k) if same_source else idx
+        yield s, e, drop_self(idx, torch.arange(s, e), k) if same_source else idx

@@ -168,10 +168,8 @@ def _index_recall(q, g, sample: np.ndarray, approximate: dict, k: int) -> float:
     same_source = g is None
     _, exact = faiss.knn(q[sample], q if same_source else g, k + same_source,
                          faiss.METRIC_INNER_PRODUCT)
-    if same_source:  # drop the query itself (the last neighbour if it is not among them)
-        is_self = exact == sample[:, None]
-        is_self[~is_self.any(1), -1] = True
-        exact = exact[~is_self].reshape(len(sample), k)
+    if same_source:
+        exact = knn.drop_self(torch.from_numpy(exact), torch.from_numpy(sample), k).numpy()
     found = [np.isin(exact[i], approximate[int(p)]).mean() for i, p in enumerate(sample)]
     return float(np.mean(found))
 
