@@ -1,0 +1,201 @@
+"""How right are the pseudo labels, and does Eq. 7 keep the right pairs? (omniglot-shift, overlap)
+
+The omniglot-tiles carry no labels, but the ``overlap`` pool (``images_background.png``) holds
+another rendering of every labeled Omniglot image on this machine (8 alphabets, 4,840 drawings).
+This diagnostic recovers those tiles' characters by matching pixels: each Omniglot image, downscaled
+to 28x28 (Lanczos) and inverted, against every tile (faiss, exact L2), kept when its nearest tile is
+clearly nearer than the second (distance ratio below ``--max-ratio``). The recovered labels are
+never used in training; they measure, for a run on the overlap pool:
+
+- the pseudo labels: purity and NMI of the k-means clusters over the recovered tiles, and the
+  precision of same-cluster pairs (the share that are one character) and their recall;
+- Eq. 7, under the basis of a student checkpoint (its network and ``W_a`` at that step, its
+  Gaussians as thresholds): the precision of the confident positive pairs (same cluster and
+  ``s_ij >= mu+``) against all same-cluster pairs, and the share of the confident negative pairs
+  (different clusters and ``s_ij <= mu-``) that are in truth one character, against all
+  different-cluster pairs; and how well the basis similarity ranks the true same-cluster pairs
+  above the false ones (ROC AUC), beside the embedding's own cosine similarity.
+
+    .venv/bin/python benchmarks/pool_purity.py RUN_DIR [RUN_DIR ...] [--checkpoint STAGE_DIR ...]
+
+``RUN_DIR`` is a ``slade run`` directory made with ``data.pool: overlap``; its ``student`` stage's
+``checkpoint.pt`` is judged, and any ``--checkpoint`` stage directory besides, trained on the same
+pseudo labels (e.g. a run stopped right after the basis warm-up: ``--set student.steps=201``).
+``--clusters K ...`` re-clusters the teacher's pool embeddings (``pseudo_labels/embeddings.npy``)
+into each ``K`` and measures those clusters the same way.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import sys
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import faiss
+import numpy as np
+import torch
+from PIL import Image
+from sklearn.metrics import normalized_mutual_info_score, roc_auc_score
+
+from slade.basis.feature_basis import FeatureBasis
+from slade.data.tiles import _load_sheet
+from slade.data.transforms import eval_transform
+from slade.engine.checkpoint import load_checkpoint
+from slade.inference import load_embedding_net
+from slade.stages.pseudo_labels import kmeans
+
+SHEET = "images_background.png"
+ARCHIVES = ("images_background_small1.zip", "images_background_small2.zip")
+
+
+@dataclass
+class TileLabels:
+    tiles: np.ndarray   # tile indices of the overlap sheet
+    classes: np.ndarray  # the character of each (int ids)
+    names: list[str]    # "Alphabet/characterNN" per class id
+    dropped: int        # ambiguous matches left out
+
+
+def recover_tile_labels(data: Path, max_ratio: float) -> TileLabels:
+    """The character of every overlap tile that is another rendering of an omniglot/ image."""
+    sheet, count = _load_sheet(str((data / "omniglot-tiles" / SHEET).resolve()))
+    tiles = np.ascontiguousarray(sheet[:count].reshape(count, -1), dtype=np.float32)
+    images, names = [], []
+    seen: set[tuple[str, str, str]] = set()
+    for archive in ARCHIVES:  # Greek and Latin are in both archives: counted once
+        with zipfile.ZipFile(data / "omniglot" / archive) as z:
+            for member in sorted(z.namelist()):
+                parts = member.split("/")
+                key = tuple(parts[-3:])
+                if not member.endswith(".png") or key in seen:
+                    continue
+                seen.add(key)
+                with Image.open(io.BytesIO(z.read(member))) as image:
+                    small = image.convert("L").resize((28, 28), Image.LANCZOS)
+                images.append(255 - np.asarray(small, dtype=np.float32).reshape(-1))
+                names.append(f"{parts[-3]}/{parts[-2]}")
+    index = faiss.IndexFlatL2(tiles.shape[1])
+    index.add(tiles)
+    distances, nearest = index.search(np.stack(images), 2)
+    ratio = np.sqrt(distances[:, 0] / np.maximum(distances[:, 1], 1e-12))
+    keep = ratio < max_ratio
+    if len(np.unique(nearest[keep, 0])) != keep.sum():
+        sys.exit("two omniglot images matched one tile: raise the bar (--max-ratio)")
+    class_names = sorted(set(names))
+    ids = {n: i for i, n in enumerate(class_names)}
+    classes = np.array([ids[n] for n in names])
+    return TileLabels(nearest[keep, 0], classes[keep], class_names, int((~keep).sum()))
+
+
+def read_pseudo_labels(run: Path) -> dict[int, tuple[int, int]]:
+    """Tile index -> (row of the table and of embeddings.npy, pseudo label), overlap sheet only."""
+    table = {}
+    with open(run / "pseudo_labels" / "pseudo_labels.csv", newline="") as f:
+        for row in csv.DictReader(f):
+            sheet, _, tile = row["source"].rpartition("#")
+            if not sheet.endswith(SHEET):
+                sys.exit(f"{run}: the pool is not the overlap sheet ({sheet}); run with data.pool=overlap")
+            table[int(tile)] = (int(row["index"]), int(row["pseudo_label"]))
+    return table
+
+
+def pair_masks(pseudo: np.ndarray, truth: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Upper-triangle pair masks: same cluster, same character, and the triangle itself."""
+    triangle = np.triu(np.ones((len(pseudo), len(pseudo)), dtype=bool), k=1)
+    return pseudo[:, None] == pseudo[None, :], truth[:, None] == truth[None, :], triangle
+
+
+def cluster_quality(pseudo: np.ndarray, truth: np.ndarray) -> dict[str, float]:
+    same_cluster, same_char, tri = pair_masks(pseudo, truth)
+    majority = sum(np.bincount(truth[pseudo == c]).max() for c in np.unique(pseudo))
+    pos = same_cluster & tri
+    return {
+        "purity": majority / len(truth),
+        "nmi": normalized_mutual_info_score(truth, pseudo),
+        "same_cluster_pair_precision": (pos & same_char).sum() / pos.sum(),
+        "same_char_pair_recall": (pos & same_char).sum() / (same_char & tri).sum(),
+    }
+
+
+@torch.no_grad()
+def judge(stage_dir: Path, model_file: Path, tiles: np.ndarray, pseudo: np.ndarray,
+          truth: np.ndarray) -> dict[str, float]:
+    """Eq. 7's confident pairs under the network, basis and Gaussians of a training checkpoint."""
+    state = load_checkpoint(stage_dir / "checkpoint.pt")
+    model, _ = load_embedding_net(model_file)
+    model.load_state_dict(state["modules"]["model"])
+    model.eval()
+    weight = state["modules"]["basis"]["weight"]
+    basis = FeatureBasis(weight.shape[1], weight.shape[0])
+    basis.load_state_dict(state["modules"]["basis"])
+    transform = eval_transform(28, 1)
+    x = transform(torch.from_numpy(np.ascontiguousarray(tiles)).unsqueeze(1))
+    z = torch.cat([model(b) for b in x.split(512)])
+    s = basis.similarity(z).numpy()
+    cosine = (z @ z.T).numpy()  # the embedding's own similarity, for comparison
+    same_cluster, same_char, tri = pair_masks(pseudo, truth)
+    pos, neg = same_cluster & tri, ~same_cluster & tri
+    conf_pos, conf_neg = pos & (s >= float(basis.mu_pos)), neg & (s <= float(basis.mu_neg))
+    return {
+        "step": state["step"],
+        "mu_pos": float(basis.mu_pos),
+        "mu_neg": float(basis.mu_neg),
+        "pos_precision_all": (pos & same_char).sum() / pos.sum(),
+        "pos_precision_confident": (conf_pos & same_char).sum() / max(conf_pos.sum(), 1),
+        "pos_kept": conf_pos.sum() / pos.sum(),
+        "true_pos_kept": (conf_pos & same_char).sum() / max((pos & same_char).sum(), 1),
+        "false_pos_kept": (conf_pos & ~same_char).sum() / max((pos & ~same_char).sum(), 1),
+        "neg_wrong_all": (neg & same_char).sum() / neg.sum(),
+        "neg_wrong_confident": (conf_neg & same_char).sum() / max(conf_neg.sum(), 1),
+        "neg_kept": conf_neg.sum() / neg.sum(),
+        # How well each similarity tells the true same-cluster pairs from the false ones.
+        "pos_auc_basis": roc_auc_score(same_char[pos], s[pos]),
+        "pos_auc_embedding": roc_auc_score(same_char[pos], cosine[pos]),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("runs", nargs="+", type=Path, help="slade run directories (overlap pool)")
+    parser.add_argument("--checkpoint", nargs="*", type=Path, default=[],
+                        help="further stage directories with a training checkpoint to judge")
+    parser.add_argument("--data", type=Path, default=Path(__file__).resolve().parents[1] / ".." / "shared" / "data")
+    parser.add_argument("--clusters", nargs="*", type=int, default=[],
+                        help="also cluster the teacher's pool embeddings into K clusters (each K)")
+    parser.add_argument("--iterations", type=int, default=25, help="k-means iterations")
+    parser.add_argument("--max-ratio", type=float, default=0.6,
+                        help="keep a match when nearest / second-nearest tile distance is below this")
+    args = parser.parse_args()
+    labels = recover_tile_labels(args.data, args.max_ratio)
+    sheet, count = _load_sheet(str((args.data / "omniglot-tiles" / SHEET).resolve()))
+    print(f"recovered {len(labels.tiles)} tiles of {len(labels.names)} characters "
+          f"({labels.dropped} ambiguous matches left out) among {count} overlap tiles")
+    for run in args.runs:
+        table = read_pseudo_labels(run)
+        rows, pseudo = np.array([table[t] for t in labels.tiles]).T
+        print(f"\n## {run}")
+        print(f"pseudo labels ({len(np.unique(list(v[1] for v in table.values())))} clusters):",
+              _fmt(cluster_quality(pseudo, labels.classes)))
+        if args.clusters:
+            teacher = np.load(run / "pseudo_labels" / "embeddings.npy", mmap_mode="r")
+            for k in args.clusters:
+                found, _, _ = kmeans(np.asarray(teacher), k, args.iterations, seed=0)
+                print(f"  k-means of the teacher's embeddings, K={k}:",
+                      _fmt(cluster_quality(found[rows], labels.classes)))
+        teacher_model = run / "teacher" / "model.pt"
+        for stage in [run / "student", *args.checkpoint]:
+            if (stage / "checkpoint.pt").exists():
+                result = judge(stage, teacher_model, sheet[labels.tiles], pseudo, labels.classes)
+                print(f"Eq. 7 under {stage}:", _fmt(result))
+
+
+def _fmt(values: dict[str, float]) -> str:
+    return ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in values.items())
+
+
+if __name__ == "__main__":
+    main()
