@@ -163,7 +163,8 @@ def main() -> None:
     parser.add_argument("runs", nargs="+", type=Path, help="slade run directories (overlap pool)")
     parser.add_argument("--checkpoint", nargs="*", type=Path, default=[],
                         help="further stage directories with a training checkpoint to judge")
-    parser.add_argument("--data", type=Path, default=Path(__file__).resolve().parents[1] / ".." / "shared" / "data")
+    parser.add_argument("--data", type=Path,
+                        default=Path(__file__).resolve().parents[2] / "shared" / "data")
     parser.add_argument("--clusters", nargs="*", type=int, default=[],
                         help="also cluster the teacher's pool embeddings into K clusters (each K)")
     parser.add_argument("--iterations", type=int, default=25, help="k-means iterations")
