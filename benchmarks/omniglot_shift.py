@@ -7,7 +7,8 @@ pseudo labels in a sibling run directory. With ``--random-init`` a teacher witho
 as well, for the first pool only (the SwAV-vs-random comparison of issue 3). When stage 0 is disabled
 the teacher does not see the pool, so one teacher per seed serves both pools. Each ``--variant
 NAME=key=value,...`` adds a student trained from the same teacher and pseudo labels with those
-overrides (ablations: ``lambda2_0=student.lambda2=0``, ``k700=pseudo_labels.clusters=700``...).
+overrides (ablations: ``lambda2_0=student.lambda2=0``, ``k700=pseudo_labels.clusters=700``...);
+with ``student.rounds=N`` the variant's row is its last round's student.
 
 Writes ``OUT/results.json`` (every run's metrics and diagnostics) and a markdown table (mean ± std
 over seeds of Recall@1/2/4/8 and MAP@R; for students the mined pair counts and Gaussian means of the
@@ -69,8 +70,14 @@ def seed_from(src: Path, dst: Path, stages: list[str]) -> None:
             shutil.copytree(src / stage, dst / stage, copy_function=os.link)
 
 
-def student_diagnostics(run: Path) -> dict:
-    entries = [json.loads(line) for line in (run / "student" / "log.jsonl").read_text().splitlines()]
+def last_student(metrics: dict) -> str:
+    """The metrics.json key of a run's last student round: ``student``, ``student_round2``..."""
+    rounds = [k for k in metrics if k == "student" or k.startswith("student_round")]
+    return max(rounds, key=lambda k: int(k.removeprefix("student_round")) if k != "student" else 1)
+
+
+def student_diagnostics(run: Path, stage: str = "student") -> dict:
+    entries = [json.loads(line) for line in (run / stage / "log.jsonl").read_text().splitlines()]
     steps = [e for e in entries if "loss" in e]
     tail = steps[-max(1, len(steps) // 4):]
     out = {}
@@ -101,7 +108,8 @@ def one_seed(args, pool: str, seed: int, shared_teacher: Path | None) -> dict:
     for name, overrides in args.variant:  # more students from the same teacher and pseudo labels
         seed_from(slade_dir, root / name, ["pretrain", "teacher", "pseudo_labels"])
         extra = slade_run(root / name, args.config, base + overrides, None, args.threads)
-        result[name] = extra["student"] | student_diagnostics(root / name)
+        last = last_student(extra)  # with student.rounds > 1, the last round's student
+        result[name] = extra[last] | student_diagnostics(root / name, last)
     if args.random_init and pool == args.pools[0]:  # without stage 0 the pool plays no part
         rand = slade_run(root / "teacher_random", args.config,
                          base + ["pretrain.enabled=false"], "teacher", args.threads)
