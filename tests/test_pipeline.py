@@ -4,6 +4,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 import yaml
 from typer.testing import CliRunner
 
@@ -94,6 +95,46 @@ def test_embed_command_and_python_api(finished_run, tmp_path, class_tree):
     from PIL import Image
     api = slade.load_embedder(checkpoint).embed([files[0], Image.open(files[1])])
     assert np.allclose(api, vectors[:2], atol=1e-5)
+
+
+def test_second_round_pseudo_labels_with_the_student_and_trains_from_it(finished_run, tmp_path):
+    import shutil
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(finished_run, run_dir)
+    round1 = (run_dir / "student" / "model.pt").read_bytes()
+    config = load_config(run_dir / "config.yaml", ["student.rounds=2"])
+    metrics = run(config, run_dir, force=True)
+    assert list(metrics) == ["pretrain", "teacher", "student", "student_round2"]
+    assert metrics["student"] == json.loads((finished_run / "metrics.json").read_text())["student"]
+    assert (run_dir / "student" / "model.pt").read_bytes() == round1  # round 1 not redone
+    second = metrics["student_round2"]
+    assert METRIC_KEYS <= second.keys() and second["init"] == "student"
+    assert second["pseudo_labels"]["clusters"] == 8
+    # Round 2's pool embeddings are the round-1 student's, not the teacher's.
+    from slade.inference import load_embedding_net
+
+    teacher_view = np.load(run_dir / "pseudo_labels" / "embeddings.npy")
+    student_view = np.load(run_dir / "pseudo_labels_round2" / "embeddings.npy")
+    assert student_view.shape == teacher_view.shape and not np.allclose(student_view, teacher_view)
+    student, _ = load_embedding_net(run_dir / "student" / "model.pt")
+    assert student.embedding_dim == student_view.shape[1]
+    log = [json.loads(x) for x in (run_dir / "student_round2" / "log.jsonl").read_text().splitlines()]
+    assert "pos_pairs" in [e for e in log if "loss" in e][-1]
+    assert (run_dir / "student_round2" / "model.pt").read_bytes() != round1
+
+
+def test_student_from_stage_0_weights_by_a_setting(tmp_path):
+    from slade.inference import load_embedding_net
+
+    # Every step a basis warm-up step: the network is not trained, so its weights stay the init's.
+    config = load_config(None, TINY + ["student.init=pretrain", "student.basis_warmup_steps=6"])
+    metrics = run(config, tmp_path / "run")
+    assert metrics["student"]["init"] == "pretrain" and metrics["teacher"]["init"] == "pretrain"
+    weights = {stage: dict(load_embedding_net(tmp_path / "run" / stage / "model.pt")[0]
+                           .named_parameters()) for stage in ("pretrain", "teacher", "student")}
+    assert all(torch.equal(p, weights["pretrain"][k]) for k, p in weights["student"].items())
+    assert not all(torch.equal(p, weights["teacher"][k]) for k, p in weights["student"].items())
 
 
 def test_until_stops_after_the_stage(tmp_path):
