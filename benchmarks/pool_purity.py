@@ -55,9 +55,11 @@ ARCHIVES = ("images_background_small1.zip", "images_background_small2.zip")
 @dataclass
 class TileLabels:
     tiles: np.ndarray   # tile indices of the overlap sheet
+    pixels: np.ndarray  # their 28x28 pixels (uint8)
     classes: np.ndarray  # the character of each (int ids)
     names: list[str]    # "Alphabet/characterNN" per class id
     dropped: int        # ambiguous matches left out
+    sheet_tiles: int    # tiles on the sheet
 
 
 def recover_tile_labels(data: Path, max_ratio: float) -> TileLabels:
@@ -88,7 +90,8 @@ def recover_tile_labels(data: Path, max_ratio: float) -> TileLabels:
     class_names = sorted(set(names))
     ids = {n: i for i, n in enumerate(class_names)}
     classes = np.array([ids[n] for n in names])
-    return TileLabels(nearest[keep, 0], classes[keep], class_names, int((~keep).sum()))
+    found = nearest[keep, 0]
+    return TileLabels(found, sheet[found], classes[keep], class_names, int((~keep).sum()), count)
 
 
 def read_pseudo_labels(run: Path) -> dict[int, tuple[int, int]]:
@@ -172,9 +175,8 @@ def main() -> None:
                         help="keep a match when nearest / second-nearest tile distance is below this")
     args = parser.parse_args()
     labels = recover_tile_labels(args.data, args.max_ratio)
-    sheet, count = _load_sheet(str((args.data / "omniglot-tiles" / SHEET).resolve()))
     print(f"recovered {len(labels.tiles)} tiles of {len(labels.names)} characters "
-          f"({labels.dropped} ambiguous matches left out) among {count} overlap tiles")
+          f"({labels.dropped} ambiguous matches left out) among {labels.sheet_tiles} overlap tiles")
     for run in args.runs:
         table = read_pseudo_labels(run)
         rows, pseudo = np.array([table[t] for t in labels.tiles]).T
@@ -190,7 +192,7 @@ def main() -> None:
         teacher_model = run / "teacher" / "model.pt"
         for stage in [run / "student", *args.checkpoint]:
             if (stage / "checkpoint.pt").exists():
-                result = judge(stage, teacher_model, sheet[labels.tiles], pseudo, labels.classes)
+                result = judge(stage, teacher_model, labels.pixels, pseudo, labels.classes)
                 print(f"Eq. 7 under {stage}:", _fmt(result))
 
 
