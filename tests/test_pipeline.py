@@ -10,6 +10,7 @@ from typer.testing import CliRunner
 
 from slade.cli import app
 from slade.config import load_config
+from slade.data.build import build_splits
 from slade.pipeline import run
 
 TINY = [
@@ -168,3 +169,21 @@ def test_two_processes_under_torchrun_share_embedding_and_write_one_run(tmp_path
     assert np.allclose(np.linalg.norm(embeddings, axis=1), 1, atol=1e-4)  # every row written
     table = (out / "pseudo_labels" / "pseudo_labels.csv").read_text().splitlines()
     assert len(table) == 161
+
+
+def test_validation_classes_replace_the_test_classes(tmp_path):
+    """With data.validation the run trains on the other labeled classes and scores the held-out
+    ones; the test classes are neither trained on nor scored."""
+    out = tmp_path / "val"
+    config = load_config(None, [*TINY, "pretrain.enabled=false", "data.validation=0.25"])
+    metrics = run(config, out, until="teacher")
+    data = json.loads((out / "data.json").read_text())
+    assert data["evaluated_on"] == "validation"
+    assert (data["labeled"]["classes"], data["test"]["classes"]) == (9, 3)
+    assert data["test"]["images"] == 3 * 6
+    assert 0.0 <= metrics["teacher"]["recall@1"] <= 1.0
+    # The validation images are labeled ones; no test image is among them.
+    plain = build_splits(load_config(None, TINY).data, config.seed)
+    validation = build_splits(config.data, config.seed).test
+    assert set(validation.sources) <= set(plain.labeled.sources)
+    assert set(validation.sources).isdisjoint(plain.test.sources)

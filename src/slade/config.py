@@ -47,6 +47,13 @@ class DataConfig:
     test: str = ""
     unlabeled: str = ""
     gallery: str = ""
+    # Train on these labeled classes only (names, or prefixes such as an alphabet `Greek` or a
+    # folder); empty: every labeled class.
+    labeled_classes: list[str] = field(default_factory=list)
+    # Choose settings without the test set: a fraction of the labeled classes (drawn with `seed`)
+    # or named classes / prefixes, held out as validation classes. The run then trains on the other
+    # labeled classes and evaluates on these; the test classes are not read (data/splits.py).
+    validation: float | list[str] = 0.0
     # `shift`: the unlabeled pool comes from another source (SLADE's setting);
     # `traditional`: a random `labeled_fraction` of the labeled set stays labeled, the rest is the pool.
     setting: Literal["shift", "traditional"] = "shift"

@@ -10,6 +10,7 @@ from slade.config import DataConfig
 from slade.data.datasets import ImageDataset, fits_in_memory
 from slade.data.images import BadImage, Decoder
 from slade.data.records import DataSplits, ImageSet
+from slade.data.splits import select_classes, traditional_split, validation_split
 from slade.errors import ConfigError, DataError
 
 
@@ -26,7 +27,7 @@ def build_splits(data: DataConfig, seed: int) -> DataSplits:
             seed=seed,
         )
     elif data.dataset == "omniglot-shift":
-        from slade.data.protocols import omniglot_shift
+        from slade.data.omniglot_shift import omniglot_shift
 
         splits = omniglot_shift(data.root or None, data.pool)
     elif data.dataset in ("cub-nabirds", "cars-compcars", "inshop-fashion200k"):
@@ -35,11 +36,16 @@ def build_splits(data: DataConfig, seed: int) -> DataSplits:
         splits = paper_splits(data)
     else:
         splits = _folder_splits(data)
+    if data.labeled_classes:
+        splits = DataSplits(select_classes(splits.labeled, data.labeled_classes), splits.unlabeled,
+                            splits.test, splits.gallery)
+    if data.validation:  # the validation classes take the test classes' place; those are not read
+        labeled, validation = validation_split(splits.labeled, data.validation, seed)
+        splits = DataSplits(labeled, splits.unlabeled, validation, None, evaluated_on="validation")
     if data.setting == "traditional":
-        from slade.data.protocols import traditional_split
 
         labeled, unlabeled = traditional_split(splits.labeled, data.labeled_fraction, seed)
-        splits = DataSplits(labeled, unlabeled, splits.test, splits.gallery)
+        splits = DataSplits(labeled, unlabeled, splits.test, splits.gallery, splits.evaluated_on)
     return splits
 
 
@@ -96,6 +102,8 @@ class PreparedData:
     test: ImageDataset
     gallery: ImageDataset | None
     dropped_classes: dict[str, list[str]] = field(default_factory=dict)
+    # `validation` when `test` holds validation classes (data.validation), else `test`.
+    evaluated_on: str = "test"
 
     @property
     def parts(self) -> dict[str, ImageDataset]:
@@ -118,7 +126,7 @@ class PreparedData:
                 "unreadable_skipped": len(ds.bad),
             }
             for name, ds in parts.items()
-        } | {"dropped_classes": self.dropped_classes}
+        } | {"dropped_classes": self.dropped_classes, "evaluated_on": self.evaluated_on}
 
 
 def prepare(splits: DataSplits, data: DataConfig) -> PreparedData:
@@ -128,7 +136,7 @@ def prepare(splits: DataSplits, data: DataConfig) -> PreparedData:
         DataError: an empty labeled or test set, too many unreadable images, or (with
             ``small_classes: error``) a class too small to form a positive pair.
     """
-    from slade.data.protocols import enforce_min_per_class
+    from slade.data.splits import enforce_min_per_class
 
     decoder = Decoder(data.channels, data.resize or data.image_size, data.dark_background)
     dropped: dict[str, list[str]] = {}
@@ -161,4 +169,4 @@ def prepare(splits: DataSplits, data: DataConfig) -> PreparedData:
             raise DataError(f"the {name} set is empty after dropping unusable images and classes")
     unlabeled = load(splits.unlabeled, "unlabeled", False)
     gallery = load(splits.gallery, "gallery", False) if splits.gallery is not None else None
-    return PreparedData(labeled, unlabeled, test, gallery, dropped)
+    return PreparedData(labeled, unlabeled, test, gallery, dropped, splits.evaluated_on)

@@ -86,12 +86,15 @@ class DataSplits:
         test: test images of classes disjoint from training. Without ``gallery`` every test
             image queries all the others; with it, ``test`` holds the queries.
         gallery: the gallery for query-vs-gallery evaluation (In-shop style), or ``None``.
+        evaluated_on: ``test``, or ``validation`` when ``test`` holds validation classes taken
+            from the labeled ones (``data.validation``).
     """
 
     labeled: ImageSet
     unlabeled: ImageSet
     test: ImageSet
     gallery: ImageSet | None = None
+    evaluated_on: str = "test"
 
     def summary(self) -> dict[str, dict[str, int]]:
         parts = {"labeled": self.labeled, "unlabeled": self.unlabeled, "test": self.test}

@@ -1,28 +1,16 @@
-"""omniglot-shift on the real data, the data root, and the label bookkeeping utilities."""
+"""omniglot-shift on the real data and the data root."""
 
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from slade.data.images import Decoder
-from slade.data.protocols import (
-    enforce_min_per_class,
-    omniglot_shift,
-    relabel,
-    resolve_data_root,
-    traditional_split,
-)
-from slade.data.records import ImageRecord, ImageSet
+from slade.data.omniglot_shift import omniglot_shift, resolve_data_root
+from slade.data.splits import traditional_split
 from slade.errors import DataError
 
 REPO = Path(__file__).resolve().parents[2]
 DATA = REPO.parent / "shared" / "data"
-
-
-def image_set(labels: list[int | None], class_names: list[str], name: str = "toy") -> ImageSet:
-    records = [ImageRecord(f"img{i}.png", label, "toy") for i, label in enumerate(labels)]
-    return ImageSet(records, class_names, labeled=True, name=name)
 
 
 @pytest.fixture(scope="module")
@@ -99,26 +87,6 @@ def test_omniglot_shift_bad_root_or_pool(tmp_path):
         omniglot_shift(DATA, "everything")
 
 
-def test_relabel_drops_empty_classes_and_sorts_names():
-    toy = image_set([2, 0, 2, None], ["zeta", "unused", "alpha"])
-    out = relabel(toy)
-    assert out.class_names == ["alpha", "zeta"]
-    assert out.labels().tolist() == [0, 1, 0, -1]
-    assert [r.source for r in out.records] == [r.source for r in toy.records]
-
-
-def test_class_with_one_image_is_dropped_or_refused():
-    toy = image_set([0, 0, 1, 2, 2, 2], ["a", "b", "c"])
-    kept, dropped = enforce_min_per_class(toy, 2, "drop")
-    assert dropped == ["b"] and kept.class_names == ["a", "c"]
-    assert kept.labels().tolist() == [0, 0, 1, 1, 1]
-    with pytest.raises(DataError, match=r"toy: class 'b' has 1 image\(s\), fewer than .*=2"):
-        enforce_min_per_class(toy, 2, "error")
-    kept, dropped = enforce_min_per_class(toy, 3, "drop")
-    assert dropped == ["a", "b"] and kept.class_names == ["c"] and len(kept) == 3
-    assert enforce_min_per_class(toy, 1, "error")[1] == []
-
-
 def test_traditional_split(disjoint):
     labeled, pool = traditional_split(disjoint.labeled, labeled_fraction=0.1, seed=0)
     assert len(labeled) + len(pool) == 2860 and len(labeled) == 143 * 2
@@ -131,18 +99,3 @@ def test_traditional_split(disjoint):
     assert again.sources == labeled.sources and other.sources != labeled.sources
     half, _ = traditional_split(disjoint.labeled, labeled_fraction=0.5, seed=0)
     assert set(half.class_counts().values()) == {10}
-
-
-def test_traditional_split_keeps_two_per_class_where_it_can():
-    toy = image_set([0] * 30 + [1] * 3 + [2], ["a", "b", "c"])
-    labeled, pool = traditional_split(toy, labeled_fraction=0.1, seed=3)
-    assert labeled.class_counts() == {0: 3, 1: 2, 2: 1}
-    assert pool.class_counts() == {0: 27, 1: 1}
-    assert np.all(np.diff([int(s[3:-4]) for s in labeled.sources]) > 0)  # original order kept
-
-
-def test_traditional_split_refuses_unlabeled_images_and_bad_fractions():
-    with pytest.raises(DataError, match="toy: a traditional split needs every label"):
-        traditional_split(image_set([0, None], ["a"]))
-    with pytest.raises(ValueError, match="labeled_fraction"):
-        traditional_split(image_set([0, 0], ["a"]), labeled_fraction=0)
