@@ -188,10 +188,25 @@ class StudentConfig(TrainConfig):
     sd_margin: float = 0.5
     sd_variance_weight: float = 1.0
     momentum: float = 0.99
+    # Rows of W_a L2-normalised (responses are cosines); `false` with `basis_scale: 1` is the plain
+    # linear basis of the paper's text.
+    basis_normalise: bool = True
+    # L_SD (Eq. 5) on the `batch` statistics, or on the `momentum` Gaussians of Eq. 6 (the batch's
+    # part of them, so its gradient is damped by 1 - momentum).
+    sd_gaussians: Literal["batch", "momentum"] = "batch"
+    # Unlabeled batches: `unlabeled_m_per_class` images per pseudo label, or drawn at `random`.
+    unlabeled_sampling: Literal["per_label", "random"] = "per_label"
     # `confident`: Eq. 7; `thresholds_only`: Eq. 7 without the pseudo-label condition;
     # `lenient` (not in the paper): drop only the pseudo pairs the basis contradicts (thresholds
-    # swapped); `all_pairs`: every pseudo pair mined by `miner`, no basis (the naive student).
-    mining: Literal["confident", "thresholds_only", "lenient", "all_pairs"] = "confident"
+    # swapped); `all_pairs`: every pseudo pair mined by `miner`, no basis (the naive student);
+    # `contextual` (not in the paper): the pseudo pairs whose k-reciprocal neighbourhoods in the pool
+    # agree (context/), no basis, then `miner` if set.
+    mining: Literal["confident", "thresholds_only", "lenient", "all_pairs", "contextual"] = "confident"
+    # `contextual`: neighbourhood size k (k-reciprocal sets), k2 (query expansion), and the
+    # contextual similarity a same-cluster pair needs to be a positive (below it, a negative).
+    context_k: int = 20
+    context_k2: int = 6
+    context_threshold: float = 0.1
     # Keep only the basis-kept pairs that `miner` also selects (the hard ones; not in the paper).
     mine_hard: bool = False
     lambda1: float = 1.0

@@ -106,3 +106,27 @@ def test_gaussians_are_checkpointed():
     restored.load_state_dict(basis.state_dict())
     assert restored.gaussians() == basis.gaussians()
     assert bool(restored.initialized)
+
+
+def test_plain_basis_responses_are_the_linear_map():
+    weight = torch.tensor([[2.0, 0.0], [0.0, 5.0], [3.0, 4.0]])
+    basis = basis_with(weight, normalise=False)
+    z = torch.tensor([[1.0, 0.0], [0.6, 0.8]])
+    assert torch.allclose(basis(z), z @ weight.T)
+
+
+def test_blend_gives_the_momentum_gaussians_with_a_damped_gradient():
+    basis = FeatureBasis(2, 2, momentum=0.9)
+    first = PairStatistics(*(torch.tensor(v) for v in (0.8, 0.01, 0.1, 0.02)))
+    assert basis.blend(first) is first  # nothing to blend with before the first update
+    basis.update_gaussians(first)
+    mu = torch.tensor(0.5, requires_grad=True)
+    blended = basis.blend(PairStatistics(mu, torch.tensor(0.03), torch.tensor(0.2), None))
+    assert float(blended.mu_pos.detach()) == pytest.approx(0.1 * 0.5 + 0.9 * 0.8)
+    assert float(blended.mu_neg) == pytest.approx(0.1 * 0.2 + 0.9 * 0.1)
+    assert blended.var_neg is None
+    blended.mu_pos.backward()
+    assert float(mu.grad) == pytest.approx(0.1)
+    before = basis.gaussians()
+    basis.blend(first)
+    assert basis.gaussians() == before  # blending does not update

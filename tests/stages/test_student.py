@@ -79,3 +79,74 @@ def test_steps_without_confident_pairs_are_warned_about_with_the_figures(caplog)
     assert "student step 50: 50 steps in a row without confident positive and negative pairs" in message
     assert "(last: 0 positive, 0 negative; mu+ " in message
     assert "the unlabeled term is not training" in message
+
+
+def test_contextual_mining_keeps_same_label_pairs_whose_neighbourhoods_agree():
+    from slade.context.neighbourhood import k_reciprocal_encoding
+
+    config = load_config(None, SMALL + ["student.mining=contextual", "student.miner=",
+                                        "student.context_threshold=0.2"])
+    data = prepare(build_splits(config.data, config.seed), config.data)
+    torch.manual_seed(0)
+    model = create_embedder(config.model, config.data.channels)
+    pseudo_labels = np.arange(len(data.unlabeled)) % 8
+    pool = torch.nn.functional.normalize(torch.randn(len(data.unlabeled), 16), dim=1).numpy()
+    context = k_reciprocal_encoding(pool, k=6, k2=2)
+    stage = StudentStage(model, data.labeled, data.unlabeled, pseudo_labels, config.student,
+                         config.data, seed=0, context=context)
+    assert not stage.uses_basis and set(stage.modules()["basis"].state_dict())  # kept, untrained
+    calls = []
+    loss = stage.loss
+
+    def spy(embeddings, labels, indices_tuple=None):
+        calls.append((labels, indices_tuple))
+        return loss(embeddings, labels, indices_tuple)
+
+    stage.loss = spy
+    batch = next(stage.batches(0))
+    terms = stage.loss_terms(batch, step=0)
+    assert set(terms) == {"rank_labeled", "rank_unlabeled", "loss"}
+    idx = batch[1][2].numpy()
+    sim = context.matrix(idx).numpy()
+    pl = pseudo_labels[idx]
+    _, used = calls[1]
+    assert as_set(*used[:2]) == {(a, b) for a in range(len(idx)) for b in range(len(idx))
+                                 if a != b and pl[a] == pl[b] and sim[a, b] >= 0.2}
+    assert as_set(*used[2:]) == {(a, b) for a in range(len(idx)) for b in range(len(idx))
+                                 if pl[a] != pl[b] and sim[a, b] < 0.2}
+    assert stage.last["pos_pairs"] == len(used[0]) < (np.bincount(pl) * (np.bincount(pl) - 1)).sum()
+    assert 0.0 < stage.last["context_kept"] < 1.0
+
+
+def test_contextual_mining_needs_the_pool_context_and_warns_when_starved(caplog):
+    with pytest.raises(ConfigError, match="student.mining=contextual: no contextual similarity"):
+        student("student.mining=contextual")
+    from slade.context.neighbourhood import k_reciprocal_encoding
+
+    config = load_config(None, SMALL + ["student.mining=contextual", "student.miner=",
+                                        "student.context_threshold=2"])
+    data = prepare(build_splits(config.data, config.seed), config.data)
+    model = create_embedder(config.model, config.data.channels)
+    pool = torch.nn.functional.normalize(torch.randn(len(data.unlabeled), 16), dim=1).numpy()
+    stage = StudentStage(model, data.labeled, data.unlabeled, np.arange(len(data.unlabeled)) % 8,
+                         config.student, config.data, seed=0,
+                         context=k_reciprocal_encoding(pool, k=6, k2=2))
+    batch = next(stage.batches(0))
+    with caplog.at_level("WARNING", logger="slade"):
+        for step in range(50):
+            stage.loss_terms(batch, step)
+    (record,) = caplog.records
+    message = record.getMessage()
+    assert "50 steps in a row without contextual positive and negative pairs" in message
+    assert "student.context_threshold 2.000" in message
+    assert "same-cluster contextual similarity mean" in message
+
+
+def test_random_unlabeled_batches_ignore_the_pseudo_labels():
+    per_label = student("student.mining=all_pairs")
+    random = student("student.mining=all_pairs", "student.unlabeled_sampling=random")
+    counts = [np.bincount(np.arange(64)[per_label.unlabeled_batches(b).indices] % 8, minlength=8)
+              for b in range(5)]
+    assert all(sorted(c[c > 0]) == [4] * 8 for c in counts)  # 8 pseudo labels, 4 images each
+    drawn = [random.unlabeled_batches(b).indices for b in range(2)]  # one epoch of 64 = 2 batches
+    assert sorted(np.concatenate(drawn).tolist()) == list(range(64))

@@ -80,19 +80,21 @@ class FeatureBasis(nn.Module):
         momentum: ``beta`` of Eq. 6.
     """
 
-    def __init__(self, dim: int, size: int, scale: float = 16.0, momentum: float = 0.99) -> None:
+    def __init__(self, dim: int, size: int, scale: float = 16.0, momentum: float = 0.99,
+                 normalise: bool = True) -> None:
         super().__init__()
         self.weight = nn.Parameter(torch.randn(size, dim) / dim**0.5)
         self.scale = scale
         self.momentum = momentum
+        self.normalise = normalise
         # Buffers, so that checkpoints keep the Gaussians.
         for name in ("mu_pos", "var_pos", "mu_neg", "var_neg"):
             self.register_buffer(name, torch.zeros(()))
         self.register_buffer("initialized", torch.zeros((), dtype=torch.bool))
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
-        """Basis responses ``r = W_a f(x)`` (Eq. 2), rows of ``W_a`` normalised."""
-        return F.linear(z, F.normalize(self.weight, dim=1))
+        """Basis responses ``r = W_a f(x)`` (Eq. 2), rows of ``W_a`` normalised unless told not to."""
+        return F.linear(z, F.normalize(self.weight, dim=1) if self.normalise else self.weight)
 
     def classification_loss(self, z: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Eq. 3: softmax cross entropy of the scaled responses against the class labels."""
@@ -103,6 +105,18 @@ class FeatureBasis(nn.Module):
         r = F.normalize(self(z), dim=1)
         r_ref = r if ref is None else F.normalize(self(ref), dim=1)
         return r @ r_ref.T
+
+    def blend(self, stats: PairStatistics) -> PairStatistics:
+        """The Gaussians Eq. 6 would make of ``stats``, with gradient through the batch's part."""
+        if not bool(self.initialized):
+            return stats
+        beta = self.momentum
+
+        def mix(batch: torch.Tensor | None, name: str) -> torch.Tensor | None:
+            return None if batch is None else (1.0 - beta) * batch + beta * getattr(self, name)
+
+        names = ("mu_pos", "var_pos", "mu_neg", "var_neg")
+        return PairStatistics(*(mix(getattr(stats, n), n) for n in names))
 
     @torch.no_grad()
     def update_gaussians(self, stats: PairStatistics) -> None:

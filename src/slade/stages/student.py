@@ -24,7 +24,9 @@ from slade.basis.feature_basis import (
     similarity_distribution_loss,
 )
 from slade.config import DataConfig, StudentConfig
-from slade.data.batches import MPerClassBatches, batch_loader
+from slade.context.miner import ContextualPairMiner
+from slade.context.neighbourhood import ContextualSimilarity, k_reciprocal_encoding
+from slade.data.batches import MPerClassBatches, RandomBatches, batch_loader
 from slade.data.datasets import ImageDataset
 from slade.data.transforms import train_transform
 from slade.engine import distributed
@@ -41,7 +43,7 @@ from slade.stages.common import (
     stage_done,
     stage_metrics,
 )
-from slade.stages.pseudo_labels import TABLE, read_statistics, run_pseudo_labels
+from slade.stages.pseudo_labels import EMBEDDINGS, TABLE, read_statistics, run_pseudo_labels
 
 log = logging.getLogger("slade")
 
@@ -56,7 +58,7 @@ class StudentStage:
 
     def __init__(self, model: EmbeddingNet, labeled: ImageDataset, unlabeled: ImageDataset,
                  pseudo_labels: np.ndarray, config: StudentConfig, data: DataConfig, seed: int,
-                 name: str = "student") -> None:
+                 name: str = "student", context: ContextualSimilarity | None = None) -> None:
         self.name = name
         self.model, self.config = model, config
         self.labeled, self.unlabeled = labeled, unlabeled
@@ -65,12 +67,18 @@ class StudentStage:
         self.loss = make_loss(config.loss, config.loss_args, "student.loss",
                               num_classes=num_classes, embedding_size=model.embedding_dim)
         self.miner = make_miner(config.miner, config.miner_args, "student.miner")
-        self.uses_basis = config.mining != "all_pairs"
+        self.uses_basis = config.mining not in ("all_pairs", "contextual")
         size = config.basis_size or num_classes
         if size < num_classes:
             raise ConfigError(f"student.basis_size={size}: needs at least one basis vector per "
                               f"labeled class ({num_classes})")
-        self.basis = FeatureBasis(model.embedding_dim, size, config.basis_scale, config.momentum)
+        self.basis = FeatureBasis(model.embedding_dim, size, config.basis_scale, config.momentum,
+                                  normalise=config.basis_normalise)
+        self.contextual = None
+        if config.mining == "contextual":
+            if context is None:
+                raise ConfigError("student.mining=contextual: no contextual similarity of the pool given")
+            self.contextual = ContextualPairMiner(context, pseudo_labels, config.context_threshold)
         self.confident = ConfidentPairMiner(self.basis, config.mining != "thresholds_only",
                                             lenient=config.mining == "lenient")
         if config.mine_hard and not (self.uses_basis and self.miner):
@@ -107,19 +115,21 @@ class StudentStage:
     def loss_terms(self, batch: Any, step: int) -> dict[str, torch.Tensor]:
         (x_l, y_l, _), (x_u, _, idx_u) = batch
         y_u = self.pseudo_labels[idx_u.cpu()].to(y_l.device)
+        idx_u = idx_u.to(y_l.device)
         warming_up = step < self.warmup
         with torch.set_grad_enabled(not warming_up):
             z = self.model(torch.cat([x_l, x_u]))
         # Under torchrun: the global batch, so that the losses, the miners, the basis statistics
         # (Eqs. 4-6) and the Gaussians' update are those of one process.
         z_l, z_u = distributed.gather(z[: len(x_l)]), distributed.gather(z[len(x_l):])
-        y_l, y_u = distributed.gather(y_l), distributed.gather(y_u)
+        y_l, y_u, idx_u = distributed.gather(y_l), distributed.gather(y_u), distributed.gather(idx_u)
         terms: dict[str, torch.Tensor] = {}
         if self.uses_basis:
             terms["basis_ce"] = self.basis.classification_loss(z_l, y_l)           # Eq. 3
             stats = pair_statistics(self.basis.similarity(z_u), y_u)             # Eqs. 4-5
             terms["basis_sd"] = similarity_distribution_loss(
-                stats, self.config.sd_margin, self.config.sd_variance_weight)
+                self.basis.blend(stats) if self.config.sd_gaussians == "momentum" else stats,
+                self.config.sd_margin, self.config.sd_variance_weight)
             self.basis.update_gaussians(stats)                                   # Eq. 6
         if warming_up:
             terms["loss"] = terms["basis_ce"] + terms["basis_sd"]
@@ -129,6 +139,11 @@ class StudentStage:
         if self.uses_basis:
             pairs = self.confident(z_u, y_u)                                     # Eq. 7
             if self.config.mine_hard:
+                pairs = intersect_pairs(pairs, self.miner(z_u, y_u), len(z_u))
+            self._watch_starvation(pairs, step)
+        elif self.contextual is not None:
+            pairs = self.contextual(z_u, idx_u)
+            if self.miner:
                 pairs = intersect_pairs(pairs, self.miner(z_u, y_u), len(z_u))
             self._watch_starvation(pairs, step)
         else:
@@ -141,6 +156,9 @@ class StudentStage:
         self.last = {"pos_pairs": float(len(pairs[0])), "neg_pairs": float(len(pairs[2]))} if pairs else {}
         if self.uses_basis:
             self.last |= self.basis.gaussians()
+        if self.contextual is not None and self.contextual.last_similarity is not None:
+            kept = self.contextual.last_similarity >= self.config.context_threshold
+            self.last["context_kept"] = float(kept.float().mean()) if kept.numel() else 0.0
         return terms
 
     def _watch_starvation(self, pairs: tuple, step: int) -> None:
@@ -148,7 +166,18 @@ class StudentStage:
             self.starved = 0
             return
         self.starved += 1
-        if self.starved == STARVED_STEPS:
+        if self.starved == STARVED_STEPS and self.contextual is not None:
+            sim = self.contextual.last_similarity
+            log.warning(
+                "%s step %d: %d steps in a row without contextual positive and negative pairs "
+                "(last: %d positive, %d negative; same-cluster contextual similarity mean %.3f, max "
+                "%.3f, student.context_threshold %.3f): the unlabeled term is not training; lower "
+                "student.context_threshold or raise student.context_k",
+                self.name, step + 1, STARVED_STEPS, len(pairs[0]), len(pairs[2]),
+                float(sim.mean()) if sim is not None and sim.numel() else float("nan"),
+                float(sim.max()) if sim is not None and sim.numel() else float("nan"),
+                self.config.context_threshold)
+        elif self.starved == STARVED_STEPS:
             g = self.basis.gaussians()
             log.warning(
                 "%s step %d: %d steps in a row without confident positive and negative pairs "
@@ -173,6 +202,8 @@ def _pseudo_label_batches(pseudo_labels: np.ndarray, config: StudentConfig, seed
     labeled = pseudo_labels >= 0
     sizes = np.bincount(pseudo_labels[labeled])
     usable = np.flatnonzero(labeled & (sizes[np.maximum(pseudo_labels, 0)] >= 2))
+    if config.unlabeled_sampling == "random":  # an ablation: batches blind to the pseudo labels
+        return _Subset(RandomBatches(len(usable), config.unlabeled_batch_size, seed, stream=3), usable)
     needed = config.unlabeled_batch_size // config.unlabeled_m_per_class
     if len(np.unique(pseudo_labels[usable])) < needed:
         raise DataError(
@@ -215,8 +246,11 @@ def run_student_round(ctx: RunContext, round_index: int) -> dict:
         return stage_metrics(out)
     model = ctx.load_model(init)
     torch.manual_seed(ctx.config.seed + round_index)  # the basis, whatever ran before in this process
+    context = None
+    if cfg.mining == "contextual":  # neighbourhoods of the teacher's embeddings of the pool
+        context = k_reciprocal_encoding(np.load(labels_dir / EMBEDDINGS), cfg.context_k, cfg.context_k2)
     stage = StudentStage(model, ctx.data.labeled, ctx.data.unlabeled, pseudo.labels, cfg,
-                         ctx.config.data, ctx.config.seed + round_index, name)
+                         ctx.config.data, ctx.config.seed + round_index, name, context)
     result = fit(stage, cfg, out, ctx.device, ctx.evaluator(model), fingerprint)
     metrics = {**result.final_metrics, "train_seconds": round(result.seconds, 1), "init": init,
                "pseudo_labels": read_statistics(labels_dir)}
