@@ -31,6 +31,7 @@ import argparse
 import csv
 import io
 import sys
+import time
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -161,6 +162,95 @@ def judge(stage_dir: Path, model_file: Path, tiles: np.ndarray, pseudo: np.ndarr
     }
 
 
+def precision_at_recall(right: np.ndarray, score: np.ndarray, recall: float) -> tuple[float, float]:
+    """The threshold that keeps ``recall`` of the right pairs, and the precision of what it keeps."""
+    threshold = float(np.quantile(score[right], 1.0 - recall))
+    kept = score >= threshold
+    return threshold, float(right[kept].mean())
+
+
+def kept_at(right: np.ndarray, score: np.ndarray, threshold: float) -> tuple[float, float]:
+    """Precision and recall (of the right pairs) of the pairs with ``score >= threshold``."""
+    kept = score >= threshold
+    return float(right[kept].mean()) if kept.any() else float("nan"), float(kept[right].mean())
+
+
+@torch.no_grad()
+def augmented_embeddings(model_file: Path, pixels: np.ndarray, views: int, seed: int = 0) -> np.ndarray:
+    """The mean over ``views`` training augmentations of each tile's embedding (L2-normalised)."""
+    from slade.data.transforms import train_transform
+
+    model, _ = load_embedding_net(model_file)
+    model.eval()
+    transform = train_transform("strokes", 28, 1)
+    x = torch.from_numpy(np.ascontiguousarray(pixels)).unsqueeze(1)
+    total = torch.zeros(len(x), model.embedding_dim)
+    for view in range(views):
+        torch.manual_seed(seed * 1000 + view)
+        batch = torch.stack([transform(t) for t in x])
+        total += torch.cat([model(b) for b in batch.split(512)])
+    return torch.nn.functional.normalize(total, dim=1).numpy()
+
+
+def signal_audit(run: Path, labels: TileLabels, rows: np.ndarray, pseudo: np.ndarray, args) -> list[str]:
+    """Every pair-confidence signal on the same-cluster pairs of the recovered tiles."""
+    from slade.context.neighbourhood import k_reciprocal_encoding, neighbour_jaccard
+
+    pool = np.asarray(np.load(run / "pseudo_labels" / "embeddings.npy"), dtype=np.float32)
+    i, j = np.triu_indices(len(rows), 1)
+    same = pseudo[i] == pseudo[j]
+    i, j = i[same], j[same]
+    right = labels.classes[i] == labels.classes[j]
+    pi, pj = rows[i], rows[j]  # pool rows of the pairs
+    signals: dict[str, tuple[np.ndarray, float | None]] = {}
+    signals["teacher cosine"] = (np.einsum("ij,ij->i", pool[pi], pool[pj]), None)
+    for stage in [run / "student", *args.checkpoint]:
+        if (stage / "checkpoint.pt").exists():
+            state = load_checkpoint(stage / "checkpoint.pt")
+            model, _ = load_embedding_net(run / "teacher" / "model.pt")
+            model.load_state_dict(state["modules"]["model"])
+            model.eval()
+            weight = state["modules"]["basis"]["weight"]
+            basis = FeatureBasis(weight.shape[1], weight.shape[0])
+            basis.load_state_dict(state["modules"]["basis"])
+            x = eval_transform(28, 1)(torch.from_numpy(np.ascontiguousarray(labels.pixels)).unsqueeze(1))
+            with torch.no_grad():
+                z = torch.cat([model(b) for b in x.split(512)])
+                plain = FeatureBasis(weight.shape[1], weight.shape[0], normalise=False)
+                plain.load_state_dict(state["modules"]["basis"])
+                for name, b in (("basis cosine", basis), ("plain-basis cosine (same W_a)", plain)):
+                    r = torch.nn.functional.normalize(b(z), dim=1).numpy()
+                    signals[f"{name}, {stage.name} step {state['step']}"] = (
+                        np.einsum("ij,ij->i", r[i], r[j]), float(basis.mu_pos))
+    started = time.perf_counter()
+    for k in args.context_k:
+        context = k_reciprocal_encoding(pool, k=k, k2=args.context_k2)
+        signals[f"k-reciprocal Jaccard, k={k}, k2={args.context_k2}"] = (context.pairs(pi, pj),
+                                                                         args.context_threshold)
+        signals[f"{k}-NN Jaccard"] = (neighbour_jaccard(pool, k).pairs(pi, pj), None)
+    seconds = (time.perf_counter() - started) / len(args.context_k)
+    together = np.zeros(len(i))
+    runs = [(k, seed) for k in (300, 600, 1000) for seed in range(3)]
+    for k, seed in runs:  # co-association: the share of k-means runs that put the pair together
+        found, _, _ = kmeans(pool, k, args.iterations, seed=seed)
+        together += found[pi] == found[pj]
+    signals[f"co-association, {len(runs)} k-means runs (K 300/600/1000)"] = (together / len(runs), None)
+    aug = augmented_embeddings(run / "teacher" / "model.pt", labels.pixels, args.views)
+    signals[f"teacher cosine, mean of {args.views} augmented views"] = (np.einsum("ij,ij->i", aug[i], aug[j]),
+                                                                        None)
+    lines = [f"{len(i)} same-cluster pairs among the recovered tiles, {right.mean():.3f} of them one "
+             f"character; k-reciprocal encoding of the {len(pool)}-image pool: {seconds:.1f} s per k "
+             "(with the plain k-NN Jaccard)", "",
+             "| signal | ROC AUC (right vs wrong) | precision at 80% of right pairs kept | student's "
+             "threshold | precision / recall there |", "|---|---|---|---|---|"]
+    for name, (score, threshold) in signals.items():
+        _, precision = precision_at_recall(right, score, 0.8)
+        at = "–" if threshold is None else "{:.3f} / {:.3f}".format(*kept_at(right, score, threshold))
+        lines.append(f"| {name} | {roc_auc_score(right, score):.3f} | {precision:.3f} | "
+                     f"{'–' if threshold is None else f'{threshold:.3f}'} | {at} |")
+    return lines
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("runs", nargs="+", type=Path, help="slade run directories (overlap pool)")
@@ -173,8 +263,22 @@ def main() -> None:
     parser.add_argument("--iterations", type=int, default=25, help="k-means iterations")
     parser.add_argument("--max-ratio", type=float, default=0.6,
                         help="keep a match when nearest / second-nearest tile distance is below this")
+    parser.add_argument("--alphabets", nargs="*", default=[],
+                        help="measure on the recovered tiles of these alphabets only (e.g. the "
+                             "labeled training alphabets, to guide a choice without test classes)")
+    parser.add_argument("--signals", action="store_true",
+                        help="audit every pair-confidence signal on the same-cluster pairs")
+    parser.add_argument("--context-k", type=int, nargs="+", default=[20], help="k-reciprocal k (each)")
+    parser.add_argument("--context-k2", type=int, default=6, help="k-reciprocal query expansion")
+    parser.add_argument("--context-threshold", type=float, default=0.1,
+                        help="the contextual student's threshold (student.context_threshold)")
+    parser.add_argument("--views", type=int, default=8, help="augmented views per tile")
     args = parser.parse_args()
     labels = recover_tile_labels(args.data, args.max_ratio)
+    if args.alphabets:
+        keep = np.isin([labels.names[c].split("/")[0] for c in labels.classes], args.alphabets)
+        labels = TileLabels(labels.tiles[keep], labels.pixels[keep], labels.classes[keep], labels.names,
+                            labels.dropped, labels.sheet_tiles)
     print(f"recovered {len(labels.tiles)} tiles of {len(labels.names)} characters "
           f"({labels.dropped} ambiguous matches left out) among {labels.sheet_tiles} overlap tiles")
     for run in args.runs:
@@ -189,6 +293,8 @@ def main() -> None:
                 found, _, _ = kmeans(np.asarray(teacher), k, args.iterations, seed=0)
                 print(f"  k-means of the teacher's embeddings, K={k}:",
                       _fmt(cluster_quality(found[rows], labels.classes)))
+        if args.signals:
+            print("\n".join(signal_audit(run, labels, rows, pseudo, args)))
         teacher_model = run / "teacher" / "model.pt"
         for stage in [run / "student", *args.checkpoint]:
             if (stage / "checkpoint.pt").exists():

@@ -99,3 +99,23 @@ def test_traditional_split(disjoint):
     assert again.sources == labeled.sources and other.sources != labeled.sources
     half, _ = traditional_split(disjoint.labeled, labeled_fraction=0.5, seed=0)
     assert set(half.class_counts().values()) == {10}
+
+
+def test_validation_alphabet_is_held_out_of_the_labeled_classes():
+    from typer.testing import CliRunner
+
+    from slade.cli import app
+    from slade.data.omniglot_shift import VALIDATION_ALPHABETS
+
+    result = CliRunner().invoke(app, [
+        "data", "check", str(REPO / "configs" / "omniglot_shift.yaml"), "--no-decode",
+        "--set", f"data.root={DATA}", "--set", f"data.validation=[{VALIDATION_ALPHABETS[0]}]"])
+    assert result.exit_code == 0, result.output
+    lines = [line.split() for line in result.output.splitlines()]
+    assert lines[1][:3] == ["labeled", "1920", "96"] and lines[3][:3] == ["validation", "940", "47"]
+    few = CliRunner().invoke(app, [
+        "data", "check", str(REPO / "configs" / "omniglot_shift_few.yaml"), "--no-decode",
+        "--set", f"data.root={DATA}"])
+    assert few.exit_code == 0, few.output
+    assert few.output.splitlines()[1].split()[:3] == ["labeled", "920", "46"]
+    assert few.output.splitlines()[3].split()[:3] == ["test", "1980", "99"]

@@ -124,7 +124,9 @@ def check_data(data: DataConfig, seed: int = 0, decode: bool = True, workers: in
         return report
     published = published_counts(data)
     decoder = Decoder(data.channels, data.resize or data.image_size, data.dark_background)
-    parts = {"labeled": splits.labeled, "unlabeled": splits.unlabeled, "test": splits.test}
+    if splits.evaluated_on == "validation":  # the labeled set is split: no published count applies
+        published = {k: v for k, v in published.items() if k == "unlabeled"}
+    parts = {"labeled": splits.labeled, "unlabeled": splits.unlabeled, splits.evaluated_on: splits.test}
     if splits.gallery is not None:
         parts["gallery"] = splits.gallery
     for name, image_set in parts.items():

@@ -1,0 +1,169 @@
+"""Choose the student on validation classes, then read the test classes once (issue 13).
+
+Phase 1 (validation): for each seed, one ``slade run`` of the preset with ``data.validation`` set
+(the katakana alphabet held out of the labeled classes) trains stage 0, the teacher and the pseudo
+labels; every candidate student below is then trained from that same teacher and the same pseudo
+labels, and scored on the validation classes. The test classes are not read.
+
+Choice: the candidates are grouped into families (``naive``: no feature basis; ``slade``: readings
+of the paper; ``contextual``: ours). The best naive student (the baseline every target refers to)
+and the best student overall are those with the highest mean validation MAP@R over the seeds
+(Recall@1 breaks ties).
+
+Phase 2 (test): the preset is run again without ``data.validation`` (every labeled class), and only
+the chosen students are trained: the best naive, SLADE as published (``confident``) and the best
+overall; their test scores are the final table, read once.
+
+    .venv/bin/python benchmarks/choose_student.py --config configs/omniglot_shift.yaml \\
+        --seeds 0 1 2 --out runs/choose --table benchmarks/results/student_choice.md
+
+Runs are resumable (finished stages are reused), so rerunning after an interruption trains only
+what is missing; ``--phase validation`` stops after the choice.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from omniglot_shift import METRICS, mean_std, seed_from, slade_run, student_diagnostics  # noqa: E402
+
+# The validation classes of each preset (data/omniglot_shift.py: VALIDATION_ALPHABETS).
+VALIDATION = {
+    "configs/omniglot_shift.yaml": ["data.validation=[Japanese_(katakana)]"],
+    # Few labels: katakana is added to the two labeled alphabets as validation classes only.
+    "configs/omniglot_shift_few.yaml": [
+        "data.labeled_classes=[Balinese,Early_Aramaic,Japanese_(katakana)]",
+        "data.validation=[Japanese_(katakana)]",
+    ],
+}
+NO_MINER = "student.miner="
+# name -> (family, overrides). `slade` is the preset itself (student.mining: confident).
+CANDIDATES = {
+    "naive_mined": ("naive", ["student.mining=all_pairs"]),
+    "naive": ("naive", ["student.mining=all_pairs", NO_MINER]),
+    "naive_random_batches": ("naive", ["student.mining=all_pairs", NO_MINER,
+                                       "student.unlabeled_sampling=random"]),
+    "slade": ("slade", []),
+    "slade_thresholds_only": ("slade", ["student.mining=thresholds_only"]),
+    "slade_sd_momentum": ("slade", ["student.sd_gaussians=momentum"]),
+    "slade_plain_basis": ("slade", ["student.basis_normalise=false", "student.basis_scale=1",
+                                    "student.lambda2=0.25"]),
+    "contextual_t0.05": ("contextual", ["student.mining=contextual", NO_MINER,
+                                        "student.context_threshold=0.05"]),
+    "contextual_t0.1": ("contextual", ["student.mining=contextual", NO_MINER,
+                                       "student.context_threshold=0.1"]),
+}
+
+
+def train_seed(args, phase: str, seed: int, names: list[str]) -> dict:
+    """The teacher (in the ``slade`` run) and each named student of one seed; their metrics."""
+    base = [f"seed={seed}", f"data.pool={args.pool}", "analysis.enabled=false", *args.set]
+    if phase == "validation":
+        base += VALIDATION[args.config]
+    root = args.out / phase / args.pool / f"seed{seed}"
+    first = slade_run(root / "slade", args.config, base + CANDIDATES["slade"][1], None, args.threads)
+    result = {"seed": seed, "teacher": first["teacher"], "slade": first["student"]
+              | student_diagnostics(root / "slade")}
+    for name in names:
+        if name == "slade":
+            continue
+        seed_from(root / "slade", root / name, ["pretrain", "teacher", "pseudo_labels"])
+        metrics = slade_run(root / name, args.config, base + CANDIDATES[name][1], None, args.threads)
+        result[name] = metrics["student"] | student_diagnostics(root / name)
+    print(f"{phase} seed {seed}: " + ", ".join(f"{k} {result[k]['map@r']:.4f}" for k in ["teacher", *names]),
+          flush=True)
+    return result
+
+
+def score(results: list[dict], name: str) -> tuple[float, float]:
+    return (float(np.mean([r[name]["map@r"] for r in results])),
+            float(np.mean([r[name]["recall@1"] for r in results])))
+
+
+def choose(results: list[dict], names: list[str]) -> dict[str, str]:
+    best = {}
+    for family in ("naive", "slade", "contextual"):
+        members = [n for n in names if CANDIDATES[n][0] == family]
+        if members:
+            best[family] = max(members, key=lambda n: score(results, n))
+    best["overall"] = max(names, key=lambda n: score(results, n))
+    return best
+
+
+def table(results: list[dict], names: list[str], best: dict[str, str] | None = None) -> list[str]:
+    lines = ["| model | family | " + " | ".join(METRICS) + " | pos / neg pairs per step |",
+             "|---" * (len(METRICS) + 3) + "|"]
+    for name in ["teacher", *names]:
+        family = "–" if name == "teacher" else CANDIDATES[name][0]
+        mark = " **(chosen)**" if best and name == best.get("overall") else ""
+        pairs = "–"
+        if name != "teacher" and all("pos_pairs" in r[name] for r in results):
+            pairs = (f"{np.mean([r[name]['pos_pairs'] for r in results]):.0f} / "
+                     f"{np.mean([r[name]['neg_pairs'] for r in results]):.0f}")
+        lines.append(f"| `{name}`{mark} | {family} | " + " | ".join(
+            mean_std([r[name][m] for r in results]) for m in METRICS) + f" | {pairs} |")
+    return lines
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", default="configs/omniglot_shift.yaml", choices=sorted(VALIDATION))
+    parser.add_argument("--pool", default="disjoint", choices=["disjoint", "overlap"])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--candidates", nargs="+", default=list(CANDIDATES), choices=list(CANDIDATES))
+    parser.add_argument("--phase", choices=["validation", "both"], default="both")
+    parser.add_argument("--set", action="append", default=[], help="config override, repeatable")
+    parser.add_argument("--out", type=Path, default=Path("runs/choose"))
+    parser.add_argument("--table", type=Path, help="write the markdown here too")
+    parser.add_argument("--jobs", type=int, default=1, help="seeds trained side by side")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads per run (0: cores / jobs)")
+    args = parser.parse_args()
+    args.threads = args.threads or max(1, (os.cpu_count() or 1) // args.jobs)
+    started = time.perf_counter()
+    names = list(args.candidates)
+    with ThreadPoolExecutor(args.jobs) as executor:
+        valid = list(executor.map(lambda s: train_seed(args, "validation", s, names), args.seeds))
+    best = choose(valid, names)
+    text = [f"# Choosing the student on validation: `{args.config}`, pool `{args.pool}`", "",
+            f"Command: `{' '.join([Path(sys.executable).name, *sys.argv])}`  ",
+            f"Machine: {platform.machine()}, {os.cpu_count()} CPU cores, {args.jobs} run(s) side by side "
+            f"with {args.threads} torch thread(s) each.", "",
+            f"## Seen while choosing: validation classes ({', '.join(VALIDATION[args.config])}), "
+            f"seeds {', '.join(map(str, args.seeds))}", "",
+            "Every student of a seed starts from the same teacher and pseudo labels; mean ± sample std "
+            "over seeds.", "", *table(valid, names, best), "",
+            "Chosen by mean validation MAP@R (Recall@1 breaks ties): " + ", ".join(
+                f"best {family} `{name}`" for family, name in best.items()), ""]
+    if args.phase == "both":
+        final = sorted({best["naive"], "slade", best["overall"]}, key=names.index)
+        with ThreadPoolExecutor(args.jobs) as executor:
+            test = list(executor.map(lambda s: train_seed(args, "test", s, final), args.seeds))
+        text += ["## Test classes, read once: every labeled class, chosen students only", "",
+                 *table(test, final, best), ""]
+        for other in (best["naive"], "slade"):
+            if other != best["overall"]:
+                for metric in ("recall@1", "map@r"):
+                    gap = [r[best["overall"]][metric] - r[other][metric] for r in test]
+                    text.append(f"- `{best['overall']}` − `{other}`, {metric}: {mean_std(gap)}")
+        (args.out / "test.json").write_text(json.dumps(test, indent=1))
+    text += ["", f"Total wall time {(time.perf_counter() - started) / 60:.1f} min.", ""]
+    (args.out / "validation.json").write_text(json.dumps(valid, indent=1))
+    out = "\n".join(text)
+    (args.out / "table.md").write_text(out)
+    if args.table:
+        args.table.write_text(out)
+    print(out)
+
+
+if __name__ == "__main__":
+    main()
