@@ -47,21 +47,19 @@ VALIDATION = {
     ],
 }
 NO_MINER = "student.miner="
-# name -> (family, overrides). `slade` is the preset itself (student.mining: confident).
+# name -> (family, overrides), in the order they are trained. `slade` is the preset itself
+# (student.mining: confident); `contextual` uses the config's student.context_* settings.
 CANDIDATES = {
-    "naive_mined": ("naive", ["student.mining=all_pairs"]),
-    "naive": ("naive", ["student.mining=all_pairs", NO_MINER]),
-    "naive_random_batches": ("naive", ["student.mining=all_pairs", NO_MINER,
-                                       "student.unlabeled_sampling=random"]),
     "slade": ("slade", []),
-    "slade_thresholds_only": ("slade", ["student.mining=thresholds_only"]),
-    "slade_sd_momentum": ("slade", ["student.sd_gaussians=momentum"]),
+    "naive": ("naive", ["student.mining=all_pairs", NO_MINER]),
+    "naive_mined": ("naive", ["student.mining=all_pairs"]),
+    "contextual": ("contextual", ["student.mining=contextual", NO_MINER]),
     "slade_plain_basis": ("slade", ["student.basis_normalise=false", "student.basis_scale=1",
                                     "student.lambda2=0.25"]),
-    "contextual_t0.05": ("contextual", ["student.mining=contextual", NO_MINER,
-                                        "student.context_threshold=0.05"]),
-    "contextual_t0.1": ("contextual", ["student.mining=contextual", NO_MINER,
-                                       "student.context_threshold=0.1"]),
+    "slade_sd_momentum": ("slade", ["student.sd_gaussians=momentum"]),
+    "slade_thresholds_only": ("slade", ["student.mining=thresholds_only"]),
+    "naive_random_batches": ("naive", ["student.mining=all_pairs", NO_MINER,
+                                       "student.unlabeled_sampling=random"]),
 }
 
 

@@ -241,12 +241,12 @@ def signal_audit(run: Path, labels: TileLabels, rows: np.ndarray, pseudo: np.nda
     lines = [f"{len(i)} same-cluster pairs among the recovered tiles, {right.mean():.3f} of them one "
              f"character; k-reciprocal encoding of the {len(pool)}-image pool: {seconds:.1f} s per k "
              "(with the plain k-NN Jaccard)", "",
-             "| signal | ROC AUC (right vs wrong) | precision at 80% of right pairs kept | student's "
-             "threshold | precision / recall there |", "|---|---|---|---|---|"]
+             "| signal | ROC AUC (right vs wrong) | precision at 80% of right pairs kept (threshold) | "
+             "student's threshold | precision / recall there |", "|---|---|---|---|---|"]
     for name, (score, threshold) in signals.items():
-        _, precision = precision_at_recall(right, score, 0.8)
+        at80, precision = precision_at_recall(right, score, 0.8)
         at = "–" if threshold is None else "{:.3f} / {:.3f}".format(*kept_at(right, score, threshold))
-        lines.append(f"| {name} | {roc_auc_score(right, score):.3f} | {precision:.3f} | "
+        lines.append(f"| {name} | {roc_auc_score(right, score):.3f} | {precision:.3f} ({at80:.3f}) | "
                      f"{'–' if threshold is None else f'{threshold:.3f}'} | {at} |")
     return lines
 
@@ -270,7 +270,7 @@ def main() -> None:
                         help="audit every pair-confidence signal on the same-cluster pairs")
     parser.add_argument("--context-k", type=int, nargs="+", default=[20], help="k-reciprocal k (each)")
     parser.add_argument("--context-k2", type=int, default=6, help="k-reciprocal query expansion")
-    parser.add_argument("--context-threshold", type=float, default=0.1,
+    parser.add_argument("--context-threshold", type=float, default=0.15,
                         help="the contextual student's threshold (student.context_threshold)")
     parser.add_argument("--views", type=int, default=8, help="augmented views per tile")
     args = parser.parse_args()

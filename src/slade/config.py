@@ -203,10 +203,12 @@ class StudentConfig(TrainConfig):
     # agree (context/), no basis, then `miner` if set.
     mining: Literal["confident", "thresholds_only", "lenient", "all_pairs", "contextual"] = "confident"
     # `contextual`: neighbourhood size k (k-reciprocal sets), k2 (query expansion), and the
-    # contextual similarity a same-cluster pair needs to be a positive (below it, a negative).
+    # contextual similarity a same-cluster pair needs to be a positive (below it, a negative). 0.15
+    # keeps about 90% of the right same-cluster pairs among the overlap pool's tiles of the labeled
+    # training alphabets (no test or validation class; benchmarks/results/pool_purity.md).
     context_k: int = 20
     context_k2: int = 6
-    context_threshold: float = 0.1
+    context_threshold: float = 0.15
     # Keep only the basis-kept pairs that `miner` also selects (the hard ones; not in the paper).
     mine_hard: bool = False
     lambda1: float = 1.0
