@@ -1,10 +1,11 @@
 """Cost of SLADE's student step against a naive pseudo-label student's step on the same batch.
 
-Both students (``student.mining=confident``: feature basis + confident pairs, Eqs. 3-9; and
-``student.mining=all_pairs``: every pseudo pair, no basis) are built from the same network weights
-and fed the *same* labeled + unlabeled batch. Each timed step is forward, loss, backward and AdamW
+The students (``student.mining=confident``: feature basis + confident pairs, Eqs. 3-9;
+``student.mining=all_pairs``: every pseudo pair, no basis, with and without the miner; and
+``student.mining=contextual``: pseudo pairs filtered by their k-reciprocal neighbourhoods) are built
+from the same network weights and fed the *same* labeled + unlabeled batch. Each timed step is forward, loss, backward and AdamW
 update; the two are interleaved round by round so drift of this noisy machine hits both alike.
-The naive step is the anchor: the ratio is SLADE's median step time over the naive one's.
+The naive (mined) step is the anchor: each ratio is a student's median step time over its.
 
     .venv/bin/python benchmarks/student_step.py                    # convnet4, 28x28, 64 + 64 images
     .venv/bin/python benchmarks/student_step.py --set model.backbone=resnet50 --set data.image_size=224
@@ -23,6 +24,7 @@ import torch
 
 from slade.config import load_config
 from slade.data.build import build_splits, prepare
+from slade.data.transforms import eval_transform
 from slade.engine.trainer import resolve_device
 from slade.stages.student import StudentStage
 
@@ -63,15 +65,28 @@ def main() -> None:
     from slade.stages.common import RunContext
 
     model = RunContext(config, None, data, device).new_model().to(device)
+    # The contextual student's neighbourhoods, of the untrained network's embeddings of the pool.
+    from slade.context.neighbourhood import k_reciprocal_encoding
+
+    transform = eval_transform(config.data.image_size, config.data.channels)
+    with torch.no_grad():
+        model.eval()
+        x = torch.stack([transform(data.unlabeled[i]) for i in range(len(data.unlabeled))])
+        pool = torch.cat([model(b.to(device)) for b in x.split(256)]).cpu().numpy()
+        model.train()
+    context = k_reciprocal_encoding(pool, config.student.context_k, config.student.context_k2)
     stages = {}
-    for mining in ("all_pairs", "confident"):
+    for name, mining, miner in (("all_pairs", "all_pairs", config.student.miner),
+                                ("all_pairs, no miner", "all_pairs", ""),
+                                ("confident", "confident", config.student.miner),
+                                ("contextual", "contextual", "")):
         cfg = copy.deepcopy(config.student)
-        cfg.mining = mining
+        cfg.mining, cfg.miner = mining, miner
         stage = StudentStage(copy.deepcopy(model), data.labeled, data.unlabeled, pseudo, cfg,
-                             config.data, config.seed)
+                             config.data, config.seed, context=context)
         for module in stage.modules().values():
             module.to(device).train()
-        stages[mining] = stage
+        stages[name] = stage
     batch = next(iter(stages["confident"].batches(0)))
     batch = tuple(tuple(t.to(device) if isinstance(t, torch.Tensor) else t for t in part) for part in batch)
 
@@ -82,13 +97,18 @@ def main() -> None:
         for mining, stage in stages.items():
             times[mining] += timed_steps(stage, batch, device, args.steps)
     naive = statistics.median(times["all_pairs"])
-    slade = statistics.median(times["confident"])
     name = torch.cuda.get_device_name() if device.type == "cuda" else f"{platform.machine()} CPU"
     images = config.student.batch_size + config.student.unlabeled_batch_size
     print(f"device: {name}; {config.model.backbone} at {config.data.image_size}px, {images} images per step, "
           f"{args.rounds * args.steps} steps each, interleaved")
     print(f"naive student step (anchor): {naive * 1e3:.1f} ms (median)")
-    print(f"SLADE student step:          {slade * 1e3:.1f} ms (median)   ratio {slade / naive:.3f}x")
+    labels = {"all_pairs, no miner": "naive student, no miner", "confident": "SLADE student",
+              "contextual": "contextual student"}
+    for name, label in labels.items():
+        median = statistics.median(times[name])
+        print(f"{label + ' step:':<34} {median * 1e3:.1f} ms (median)   ratio {median / naive:.3f}x")
+    ratio = statistics.median(times["contextual"]) / statistics.median(times["all_pairs, no miner"])
+    print(f"contextual / naive without miner: {ratio:.3f}x")
 
 
 if __name__ == "__main__":
