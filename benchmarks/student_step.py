@@ -3,8 +3,9 @@
 The students (``student.mining=confident``: feature basis + confident pairs, Eqs. 3-9;
 ``student.mining=all_pairs``: every pseudo pair, no basis, with and without the miner; and
 ``student.mining=contextual``: pseudo pairs filtered by their k-reciprocal neighbourhoods) are built
-from the same network weights and fed the *same* labeled + unlabeled batch. Each timed step is forward, loss, backward and AdamW
-update; the two are interleaved round by round so drift of this noisy machine hits both alike.
+from the same network weights and fed the *same* labeled + unlabeled batch. Each timed step is
+forward, loss, backward and AdamW update; the students are interleaved round by round so drift of
+this noisy machine hits them alike.
 The naive (mined) step is the anchor: each ratio is a student's median step time over its.
 
     .venv/bin/python benchmarks/student_step.py                    # convnet4, 28x28, 64 + 64 images
