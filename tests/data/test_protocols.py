@@ -17,7 +17,7 @@ from slade.data.records import ImageRecord, ImageSet
 from slade.errors import DataError
 
 REPO = Path(__file__).resolve().parents[2]
-DATA = REPO.parent / "shared" / "data"
+DATA = (REPO.parent / "shared" / "data").resolve()  # sources name resolved files; ../shared may be a link
 
 
 def image_set(labels: list[int | None], class_names: list[str], name: str = "toy") -> ImageSet:
