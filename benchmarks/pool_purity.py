@@ -9,18 +9,18 @@ never used in training; they measure, for a run on the overlap pool:
 
 - the pseudo labels: purity and NMI of the k-means clusters over the recovered tiles, and the
   precision of same-cluster pairs (the share that are one character) and their recall;
-- Eq. 7, under the basis of a student checkpoint (its network and ``W_a`` at that step, its
-  Gaussians as thresholds): the precision of the confident positive pairs (same cluster and
-  ``s_ij >= mu+``) against all same-cluster pairs, and the share of the confident negative pairs
-  (different clusters and ``s_ij <= mu-``) that are in truth one character, against all
-  different-cluster pairs; and how well the basis similarity ranks the true same-cluster pairs
+- Eq. 7, under a finished student (its network ``model.pt``, its ``W_a`` and Gaussians
+  ``basis.pt``, the Gaussians' means as thresholds): the precision of the confident positive pairs
+  (same cluster and ``s_ij >= mu+``) against all same-cluster pairs, and the share of the confident
+  negative pairs (different clusters and ``s_ij <= mu-``) that are in truth one character, against
+  all different-cluster pairs; and how well the basis similarity ranks the true same-cluster pairs
   above the false ones (ROC AUC), beside the embedding's own cosine similarity.
 
     .venv/bin/python benchmarks/pool_purity.py RUN_DIR [RUN_DIR ...] [--checkpoint STAGE_DIR ...]
 
-``RUN_DIR`` is a ``slade run`` directory made with ``data.pool: overlap``; its ``student`` stage's
-``checkpoint.pt`` is judged, and any ``--checkpoint`` stage directory besides, trained on the same
-pseudo labels (e.g. a run stopped right after the basis warm-up: ``--set student.steps=201``).
+``RUN_DIR`` is a ``slade run`` directory made with ``data.pool: overlap``; its ``student`` stage is
+judged, and any ``--checkpoint`` student stage directory besides, trained on the same pseudo labels
+(e.g. a run of a student stopped right after the basis warm-up: ``--set student.steps=201``).
 ``--clusters K ...`` re-clusters the teacher's pool embeddings (``pseudo_labels/embeddings.npy``)
 into each ``K`` and measures those clusters the same way.
 """
@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import csv
 import io
+import json
 import sys
 import zipfile
 from dataclasses import dataclass
@@ -41,11 +42,12 @@ import torch
 from PIL import Image
 from sklearn.metrics import normalized_mutual_info_score, roc_auc_score
 
-from slade.basis.feature_basis import FeatureBasis
+from slade import run_layout as layout
+from slade.basis.feature_basis import load_basis
 from slade.data.tiles import _load_sheet
 from slade.data.transforms import eval_transform
-from slade.engine.checkpoint import load_checkpoint
 from slade.inference import load_embedding_net
+from slade.stages.common import stage_outputs
 from slade.stages.pseudo_labels import kmeans
 
 SHEET = "images_background.png"
@@ -97,7 +99,7 @@ def recover_tile_labels(data: Path, max_ratio: float) -> TileLabels:
 def read_pseudo_labels(run: Path) -> dict[int, tuple[int, int]]:
     """Tile index -> (row of the table and of embeddings.npy, pseudo label), overlap sheet only."""
     table = {}
-    with open(run / "pseudo_labels" / "pseudo_labels.csv", newline="") as f:
+    with open(run / layout.PSEUDO_LABELS / layout.TABLE, newline="") as f:
         for row in csv.DictReader(f):
             sheet, _, tile = row["source"].rpartition("#")
             if not sheet.endswith(SHEET):
@@ -125,16 +127,15 @@ def cluster_quality(pseudo: np.ndarray, truth: np.ndarray) -> dict[str, float]:
 
 
 @torch.no_grad()
-def judge(stage_dir: Path, model_file: Path, tiles: np.ndarray, pseudo: np.ndarray,
-          truth: np.ndarray) -> dict[str, float]:
-    """Eq. 7's confident pairs under the network, basis and Gaussians of a training checkpoint."""
-    state = load_checkpoint(stage_dir / "checkpoint.pt")
-    model, _ = load_embedding_net(model_file)
-    model.load_state_dict(state["modules"]["model"])
+def judge(stage_dir: Path, tiles: np.ndarray, pseudo: np.ndarray, truth: np.ndarray) -> dict[str, float]:
+    """Eq. 7's confident pairs under the network, basis and Gaussians of a finished student."""
+    done = stage_outputs(stage_dir) or {}
+    if layout.BASIS not in done:
+        sys.exit(f"{stage_dir}: no {layout.BASIS} in its {layout.DONE} (a student finished before slade "
+                 f"wrote it): delete {stage_dir / layout.DONE} and rerun `slade run` to write it")
+    model, _ = load_embedding_net(stage_dir / layout.MODEL)
     model.eval()
-    weight = state["modules"]["basis"]["weight"]
-    basis = FeatureBasis(weight.shape[1], weight.shape[0])
-    basis.load_state_dict(state["modules"]["basis"])
+    basis = load_basis(stage_dir / layout.BASIS)
     transform = eval_transform(28, 1)
     x = transform(torch.from_numpy(np.ascontiguousarray(tiles)).unsqueeze(1))
     z = torch.cat([model(b) for b in x.split(512)])
@@ -144,7 +145,7 @@ def judge(stage_dir: Path, model_file: Path, tiles: np.ndarray, pseudo: np.ndarr
     pos, neg = same_cluster & tri, ~same_cluster & tri
     conf_pos, conf_neg = pos & (s >= float(basis.mu_pos)), neg & (s <= float(basis.mu_neg))
     return {
-        "step": state["step"],
+        "step": read_steps(stage_dir),
         "mu_pos": float(basis.mu_pos),
         "mu_neg": float(basis.mu_neg),
         "pos_precision_all": (pos & same_char).sum() / pos.sum(),
@@ -161,11 +162,17 @@ def judge(stage_dir: Path, model_file: Path, tiles: np.ndarray, pseudo: np.ndarr
     }
 
 
+def read_steps(stage_dir: Path) -> int:
+    """The steps the finished student trained (its ``done.json`` fingerprint's)."""
+    with open(stage_dir / layout.DONE) as f:
+        return int(json.load(f)["fingerprint"][layout.STUDENT]["steps"])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("runs", nargs="+", type=Path, help="slade run directories (overlap pool)")
     parser.add_argument("--checkpoint", nargs="*", type=Path, default=[],
-                        help="further stage directories with a training checkpoint to judge")
+                        help="further finished student stage directories to judge")
     parser.add_argument("--data", type=Path,
                         default=Path(__file__).resolve().parents[2] / "shared" / "data")
     parser.add_argument("--clusters", nargs="*", type=int, default=[],
@@ -184,15 +191,14 @@ def main() -> None:
         print(f"pseudo labels ({len(np.unique(list(v[1] for v in table.values())))} clusters):",
               _fmt(cluster_quality(pseudo, labels.classes)))
         if args.clusters:
-            teacher = np.load(run / "pseudo_labels" / "embeddings.npy", mmap_mode="r")
+            teacher = np.load(run / layout.PSEUDO_LABELS / layout.EMBEDDINGS, mmap_mode="r")
             for k in args.clusters:
                 found, _, _ = kmeans(np.asarray(teacher), k, args.iterations, seed=0)
                 print(f"  k-means of the teacher's embeddings, K={k}:",
                       _fmt(cluster_quality(found[rows], labels.classes)))
-        teacher_model = run / "teacher" / "model.pt"
-        for stage in [run / "student", *args.checkpoint]:
-            if (stage / "checkpoint.pt").exists():
-                result = judge(stage, teacher_model, labels.pixels, pseudo, labels.classes)
+        for stage in [run / layout.STUDENT, *args.checkpoint]:
+            if (stage / layout.DONE).exists():
+                result = judge(stage, labels.pixels, pseudo, labels.classes)
                 print(f"Eq. 7 under {stage}:", _fmt(result))
 
 

@@ -23,7 +23,7 @@ import torch
 
 from slade.config import load_config
 from slade.data.build import build_splits, prepare
-from slade.engine.trainer import resolve_device
+from slade.engine.device import resolve_device
 from slade.stages.student import StudentStage
 
 
@@ -60,9 +60,9 @@ def main() -> None:
     rng = np.random.default_rng(0)
     pseudo = rng.integers(0, config.pseudo_labels.clusters, len(data.unlabeled))
 
-    from slade.stages.common import RunContext
+    from slade.stages.common import new_model
 
-    model = RunContext(config, None, data, device).new_model().to(device)
+    model = new_model(config).to(device)
     stages = {}
     for mining in ("all_pairs", "confident"):
         cfg = copy.deepcopy(config.student)
