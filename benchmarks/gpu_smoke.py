@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
+from slade import run_layout as layout
 from slade.config import load_config
 from slade.pipeline import run
 
@@ -82,8 +83,8 @@ def main() -> None:
         t = time.perf_counter()
         run(config, tmp / "run")
         seconds = time.perf_counter() - t
-        teacher = step_rate(tmp / "run" / "teacher" / "log.jsonl")
-        student = step_rate(tmp / "run" / "student" / "log.jsonl")
+        teacher = step_rate(tmp / "run" / layout.TEACHER / layout.LOG)
+        student = step_rate(tmp / "run" / layout.STUDENT / layout.LOG)
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else "CPU"
     print(f"device: {device}; {args.backbone} at {args.size}x{args.size}, batch {args.batch} "
           f"(+{args.batch} unlabeled for the student), {args.steps} steps each, run {seconds:.0f} s")

@@ -36,6 +36,8 @@ from pathlib import Path
 
 import numpy as np
 
+from slade import run_layout as layout
+
 ROOT = Path(__file__).resolve().parents[1]
 METRICS = ("recall@1", "recall@2", "recall@4", "recall@8", "map@r")
 REPORT_ONLY = False
@@ -46,8 +48,8 @@ def slade_run(out: Path, config: str, overrides: list[str], until: str | None, t
 
     With ``--report-only`` the finished run's metrics.json is read instead.
     """
-    if REPORT_ONLY and (out / "metrics.json").is_file():
-        return json.loads((out / "metrics.json").read_text())
+    if REPORT_ONLY and (out / layout.METRICS).is_file():
+        return json.loads((out / layout.METRICS).read_text())
     cmd = [sys.executable, "-m", "slade", "run", config, "--out", str(out)]
     for o in overrides:
         cmd += ["--set", o]
@@ -60,7 +62,7 @@ def slade_run(out: Path, config: str, overrides: list[str], until: str | None, t
         done = subprocess.run(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
     if done.returncode:
         raise SystemExit(f"{out}: slade run failed (exit {done.returncode}), see {out}/benchmark.log")
-    return json.loads((out / "metrics.json").read_text())
+    return json.loads((out / layout.METRICS).read_text())
 
 
 def seed_from(src: Path, dst: Path, stages: list[str]) -> None:
@@ -77,7 +79,7 @@ def last_student(metrics: dict) -> str:
 
 
 def student_diagnostics(run: Path, stage: str = "student") -> dict:
-    entries = [json.loads(line) for line in (run / stage / "log.jsonl").read_text().splitlines()]
+    entries = [json.loads(line) for line in (run / stage / layout.LOG).read_text().splitlines()]
     steps = [e for e in entries if "loss" in e]
     tail = steps[-max(1, len(steps) // 4):]
     out = {}
@@ -85,7 +87,7 @@ def student_diagnostics(run: Path, stage: str = "student") -> dict:
         values = [e[key] for e in tail if key in e]
         if values:
             out[key] = float(np.mean(values))
-    clusters = json.loads((run / "pseudo_labels" / "clusters.json").read_text())
+    clusters = json.loads((run / layout.PSEUDO_LABELS / layout.CLUSTERS).read_text())
     out["clusters"] = {k: v for k, v in clusters.items() if not isinstance(v, (list, dict))}
     return out
 

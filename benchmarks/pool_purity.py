@@ -9,18 +9,18 @@ never used in training; they measure, for a run on the overlap pool:
 
 - the pseudo labels: purity and NMI of the k-means clusters over the recovered tiles, and the
   precision of same-cluster pairs (the share that are one character) and their recall;
-- Eq. 7, under the basis of a student checkpoint (its network and ``W_a`` at that step, its
-  Gaussians as thresholds): the precision of the confident positive pairs (same cluster and
-  ``s_ij >= mu+``) against all same-cluster pairs, and the share of the confident negative pairs
-  (different clusters and ``s_ij <= mu-``) that are in truth one character, against all
-  different-cluster pairs; and how well the basis similarity ranks the true same-cluster pairs
+- Eq. 7, under a finished student (its network ``model.pt``, its ``W_a`` and Gaussians
+  ``basis.pt``, the Gaussians' means as thresholds): the precision of the confident positive pairs
+  (same cluster and ``s_ij >= mu+``) against all same-cluster pairs, and the share of the confident
+  negative pairs (different clusters and ``s_ij <= mu-``) that are in truth one character, against
+  all different-cluster pairs; and how well the basis similarity ranks the true same-cluster pairs
   above the false ones (ROC AUC), beside the embedding's own cosine similarity.
 
     .venv/bin/python benchmarks/pool_purity.py RUN_DIR [RUN_DIR ...] [--checkpoint STAGE_DIR ...]
 
-``RUN_DIR`` is a ``slade run`` directory made with ``data.pool: overlap``; its ``student`` stage's
-``checkpoint.pt`` is judged, and any ``--checkpoint`` stage directory besides, trained on the same
-pseudo labels (e.g. a run stopped right after the basis warm-up: ``--set student.steps=201``).
+``RUN_DIR`` is a ``slade run`` directory made with ``data.pool: overlap``; its ``student`` stage is
+judged, and any ``--checkpoint`` student stage directory besides, trained on the same pseudo labels
+(e.g. a run of a student stopped right after the basis warm-up: ``--set student.steps=201``).
 ``--clusters K ...`` re-clusters the teacher's pool embeddings (``pseudo_labels/embeddings.npy``)
 into each ``K`` and measures those clusters the same way.
 """
@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import csv
 import io
+import json
 import sys
 import time
 import zipfile
@@ -42,11 +43,12 @@ import torch
 from PIL import Image
 from sklearn.metrics import normalized_mutual_info_score, roc_auc_score
 
-from slade.basis.feature_basis import FeatureBasis
+from slade import run_layout as layout
+from slade.basis.feature_basis import load_basis
 from slade.data.tiles import _load_sheet
 from slade.data.transforms import eval_transform
-from slade.engine.checkpoint import load_checkpoint
 from slade.inference import load_embedding_net
+from slade.stages.common import stage_outputs
 from slade.stages.pseudo_labels import kmeans
 
 SHEET = "images_background.png"
@@ -98,7 +100,7 @@ def recover_tile_labels(data: Path, max_ratio: float) -> TileLabels:
 def read_pseudo_labels(run: Path) -> dict[int, tuple[int, int]]:
     """Tile index -> (row of the table and of embeddings.npy, pseudo label), overlap sheet only."""
     table = {}
-    with open(run / "pseudo_labels" / "pseudo_labels.csv", newline="") as f:
+    with open(run / layout.PSEUDO_LABELS / layout.TABLE, newline="") as f:
         for row in csv.DictReader(f):
             sheet, _, tile = row["source"].rpartition("#")
             if not sheet.endswith(SHEET):
@@ -126,16 +128,15 @@ def cluster_quality(pseudo: np.ndarray, truth: np.ndarray) -> dict[str, float]:
 
 
 @torch.no_grad()
-def judge(stage_dir: Path, model_file: Path, tiles: np.ndarray, pseudo: np.ndarray,
-          truth: np.ndarray) -> dict[str, float]:
-    """Eq. 7's confident pairs under the network, basis and Gaussians of a training checkpoint."""
-    state = load_checkpoint(stage_dir / "checkpoint.pt")
-    model, _ = load_embedding_net(model_file)
-    model.load_state_dict(state["modules"]["model"])
+def judge(stage_dir: Path, tiles: np.ndarray, pseudo: np.ndarray, truth: np.ndarray) -> dict[str, float]:
+    """Eq. 7's confident pairs under the network, basis and Gaussians of a finished student."""
+    done = stage_outputs(stage_dir) or {}
+    if layout.BASIS not in done:
+        sys.exit(f"{stage_dir}: no {layout.BASIS} in its {layout.DONE} (a student finished before slade "
+                 f"wrote it): delete {stage_dir / layout.DONE} and rerun `slade run` to write it")
+    model, _ = load_embedding_net(stage_dir / layout.MODEL)
     model.eval()
-    weight = state["modules"]["basis"]["weight"]
-    basis = FeatureBasis(weight.shape[1], weight.shape[0])
-    basis.load_state_dict(state["modules"]["basis"])
+    basis = load_basis(stage_dir / layout.BASIS)
     transform = eval_transform(28, 1)
     x = transform(torch.from_numpy(np.ascontiguousarray(tiles)).unsqueeze(1))
     z = torch.cat([model(b) for b in x.split(512)])
@@ -145,7 +146,7 @@ def judge(stage_dir: Path, model_file: Path, tiles: np.ndarray, pseudo: np.ndarr
     pos, neg = same_cluster & tri, ~same_cluster & tri
     conf_pos, conf_neg = pos & (s >= float(basis.mu_pos)), neg & (s <= float(basis.mu_neg))
     return {
-        "step": state["step"],
+        "step": read_steps(stage_dir),
         "mu_pos": float(basis.mu_pos),
         "mu_neg": float(basis.mu_neg),
         "pos_precision_all": (pos & same_char).sum() / pos.sum(),
@@ -160,6 +161,12 @@ def judge(stage_dir: Path, model_file: Path, tiles: np.ndarray, pseudo: np.ndarr
         "pos_auc_basis": roc_auc_score(same_char[pos], s[pos]),
         "pos_auc_embedding": roc_auc_score(same_char[pos], cosine[pos]),
     }
+
+
+def read_steps(stage_dir: Path) -> int:
+    """The steps the finished student trained (its ``done.json`` fingerprint's)."""
+    with open(stage_dir / layout.DONE) as f:
+        return int(json.load(f)["fingerprint"][layout.STUDENT]["steps"])
 
 
 def precision_at_recall(right: np.ndarray, score: np.ndarray, recall: float) -> tuple[float, float]:
@@ -196,7 +203,7 @@ def signal_audit(run: Path, labels: TileLabels, rows: np.ndarray, pseudo: np.nda
     """Every pair-confidence signal on the same-cluster pairs of the recovered tiles."""
     from slade.context.neighbourhood import k_reciprocal_encoding, neighbour_jaccard
 
-    pool = np.asarray(np.load(run / "pseudo_labels" / "embeddings.npy"), dtype=np.float32)
+    pool = np.asarray(np.load(run / layout.PSEUDO_LABELS / layout.EMBEDDINGS), dtype=np.float32)
     i, j = np.triu_indices(len(rows), 1)
     same = pseudo[i] == pseudo[j]
     i, j = i[same], j[same]
@@ -204,23 +211,19 @@ def signal_audit(run: Path, labels: TileLabels, rows: np.ndarray, pseudo: np.nda
     pi, pj = rows[i], rows[j]  # pool rows of the pairs
     signals: dict[str, tuple[np.ndarray, float | None]] = {}
     signals["teacher cosine"] = (np.einsum("ij,ij->i", pool[pi], pool[pj]), None)
-    for stage in [run / "student", *args.checkpoint]:
-        if (stage / "checkpoint.pt").exists():
-            state = load_checkpoint(stage / "checkpoint.pt")
-            model, _ = load_embedding_net(run / "teacher" / "model.pt")
-            model.load_state_dict(state["modules"]["model"])
+    for stage in [run / layout.STUDENT, *args.checkpoint]:
+        if layout.BASIS in (stage_outputs(stage) or {}):  # a finished student: its network and W_a
+            model, _ = load_embedding_net(stage / layout.MODEL)
             model.eval()
-            weight = state["modules"]["basis"]["weight"]
-            basis = FeatureBasis(weight.shape[1], weight.shape[0])
-            basis.load_state_dict(state["modules"]["basis"])
+            basis = load_basis(stage / layout.BASIS)
+            plain = load_basis(stage / layout.BASIS)
+            plain.normalise = False
             x = eval_transform(28, 1)(torch.from_numpy(np.ascontiguousarray(labels.pixels)).unsqueeze(1))
             with torch.no_grad():
                 z = torch.cat([model(b) for b in x.split(512)])
-                plain = FeatureBasis(weight.shape[1], weight.shape[0], normalise=False)
-                plain.load_state_dict(state["modules"]["basis"])
                 for name, b in (("basis cosine", basis), ("plain-basis cosine (same W_a)", plain)):
                     r = torch.nn.functional.normalize(b(z), dim=1).numpy()
-                    signals[f"{name}, {stage.name} step {state['step']}"] = (
+                    signals[f"{name}, {stage.name} after {read_steps(stage)} steps"] = (
                         np.einsum("ij,ij->i", r[i], r[j]), float(basis.mu_pos))
     started = time.perf_counter()
     for k in args.context_k:
@@ -235,7 +238,7 @@ def signal_audit(run: Path, labels: TileLabels, rows: np.ndarray, pseudo: np.nda
         found, _, _ = kmeans(pool, k, args.iterations, seed=seed)
         together += found[pi] == found[pj]
     signals[f"co-association, {len(runs)} k-means runs (K 300/600/1000)"] = (together / len(runs), None)
-    aug = augmented_embeddings(run / "teacher" / "model.pt", labels.pixels, args.views)
+    aug = augmented_embeddings(run / layout.TEACHER / layout.MODEL, labels.pixels, args.views)
     signals[f"teacher cosine, mean of {args.views} augmented views"] = (np.einsum("ij,ij->i", aug[i], aug[j]),
                                                                         None)
     lines = [f"{len(i)} same-cluster pairs among the recovered tiles, {right.mean():.3f} of them one "
@@ -255,7 +258,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("runs", nargs="+", type=Path, help="slade run directories (overlap pool)")
     parser.add_argument("--checkpoint", nargs="*", type=Path, default=[],
-                        help="further stage directories with a training checkpoint to judge")
+                        help="further finished student stage directories to judge")
     parser.add_argument("--data", type=Path,
                         default=Path(__file__).resolve().parents[2] / "shared" / "data")
     parser.add_argument("--clusters", nargs="*", type=int, default=[],
@@ -288,17 +291,16 @@ def main() -> None:
         print(f"pseudo labels ({len(np.unique(list(v[1] for v in table.values())))} clusters):",
               _fmt(cluster_quality(pseudo, labels.classes)))
         if args.clusters:
-            teacher = np.load(run / "pseudo_labels" / "embeddings.npy", mmap_mode="r")
+            teacher = np.load(run / layout.PSEUDO_LABELS / layout.EMBEDDINGS, mmap_mode="r")
             for k in args.clusters:
                 found, _, _ = kmeans(np.asarray(teacher), k, args.iterations, seed=0)
                 print(f"  k-means of the teacher's embeddings, K={k}:",
                       _fmt(cluster_quality(found[rows], labels.classes)))
         if args.signals:
             print("\n".join(signal_audit(run, labels, rows, pseudo, args)))
-        teacher_model = run / "teacher" / "model.pt"
-        for stage in [run / "student", *args.checkpoint]:
-            if (stage / "checkpoint.pt").exists():
-                result = judge(stage, teacher_model, labels.pixels, pseudo, labels.classes)
+        for stage in [run / layout.STUDENT, *args.checkpoint]:
+            if (stage / layout.DONE).exists():
+                result = judge(stage, labels.pixels, pseudo, labels.classes)
                 print(f"Eq. 7 under {stage}:", _fmt(result))
 
 

@@ -26,9 +26,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from slade import run_layout as layout
 from slade.config import load_config
 from slade.data.build import build_splits, prepare
-from slade.engine.trainer import fit, resolve_device
+from slade.engine.device import resolve_device
+from slade.engine.trainer import fit
 from slade.stages.common import RunContext
 from slade.stages.pseudo_labels import run_pseudo_labels
 from slade.stages.student import StudentStage
@@ -68,9 +70,9 @@ def main() -> None:
     data = prepare(build_splits(config.data, config.seed), config.data)
     ctx = RunContext(config, out, data, device)
     run_teacher(ctx)
-    pseudo = run_pseudo_labels(ctx, "teacher", ctx.stage_dir("pseudo_labels"))
+    pseudo = run_pseudo_labels(ctx, layout.TEACHER, ctx.stage_dir(layout.PSEUDO_LABELS))
     cfg = config.student
-    stage = StudentStage(ctx.load_model("teacher"), data.labeled, data.unlabeled, pseudo.labels, cfg,
+    stage = StudentStage(ctx.load_model(layout.TEACHER), data.labeled, data.unlabeled, pseudo.labels, cfg,
                          config.data, config.seed + 1)
     epoch = -(-len(data.unlabeled) // cfg.unlabeled_batch_size)
     print(f"{platform.node()} {platform.processor() or platform.machine()}, torch {torch.__version__}, "
@@ -92,7 +94,7 @@ def main() -> None:
 
     stage.loss_terms = measured
     try:
-        fit(stage, cfg, ctx.stage_dir("student"), device)
+        fit(stage, cfg, ctx.stage_dir(layout.STUDENT), device)
     except TimeUp:
         pass
     summarise(samples, epoch)

@@ -26,7 +26,7 @@ import torch
 from slade.config import load_config
 from slade.data.build import build_splits, prepare
 from slade.data.transforms import eval_transform
-from slade.engine.trainer import resolve_device
+from slade.engine.device import resolve_device
 from slade.stages.student import StudentStage
 
 
@@ -63,9 +63,9 @@ def main() -> None:
     rng = np.random.default_rng(0)
     pseudo = rng.integers(0, config.pseudo_labels.clusters, len(data.unlabeled))
 
-    from slade.stages.common import RunContext
+    from slade.stages.common import new_model
 
-    model = RunContext(config, None, data, device).new_model().to(device)
+    model = new_model(config).to(device)
     # The contextual student's neighbourhoods, of the untrained network's embeddings of the pool.
     from slade.context.neighbourhood import k_reciprocal_encoding
 

@@ -8,6 +8,7 @@ import torch
 import yaml
 from typer.testing import CliRunner
 
+from slade import run_layout as layout
 from slade.cli import app
 from slade.config import load_config
 from slade.data.build import build_splits
@@ -39,26 +40,26 @@ def finished_run(tmp_path_factory):
 
 def test_demo_writes_config_metrics_and_every_stage(finished_run):
     out = finished_run
-    metrics = json.loads((out / "metrics.json").read_text())
+    metrics = json.loads((out / layout.METRICS).read_text())
     assert list(metrics) == ["pretrain", "teacher", "student"]
     for stage in metrics.values():
         assert METRIC_KEYS <= stage.keys()
         assert all(0.0 <= stage[k] <= 1.0 for k in METRIC_KEYS)
     assert metrics["teacher"]["init"] == "pretrain"
     assert metrics["student"]["pseudo_labels"]["clusters"] == 8
-    resolved = yaml.safe_load((out / "config.yaml").read_text())
+    resolved = yaml.safe_load((out / layout.CONFIG).read_text())
     assert resolved["teacher"]["steps"] == 4 and resolved["data"]["dataset"] == "glyphs"
     for stage in ("pretrain", "teacher", "student"):
-        assert (out / stage / "model.pt").is_file() and (out / stage / "log.jsonl").is_file()
-    table = (out / "pseudo_labels" / "pseudo_labels.csv").read_text().splitlines()
+        assert (out / stage / layout.MODEL).is_file() and (out / stage / layout.LOG).is_file()
+    table = (out / layout.PSEUDO_LABELS / layout.TABLE).read_text().splitlines()
     assert table[0] == "index,source,pseudo_label,distance" and len(table) == 161
-    assert np.load(out / "pseudo_labels" / "embeddings.npy").shape == (160, 16)
-    data = json.loads((out / "data.json").read_text())
+    assert np.load(out / layout.PSEUDO_LABELS / layout.EMBEDDINGS).shape == (160, 16)
+    data = json.loads((out / layout.DATA_SUMMARY).read_text())
     assert data["labeled"]["images"] == 72 and data["unlabeled"]["domains"] == ["stix-cm"]
 
 
 def test_student_logs_mined_pairs_and_gaussians(finished_run):
-    log = [json.loads(x) for x in (finished_run / "student" / "log.jsonl").read_text().splitlines()]
+    log = [json.loads(x) for x in (finished_run / layout.STUDENT / layout.LOG).read_text().splitlines()]
     steps = [e for e in log if "loss" in e]
     assert {"basis_ce", "basis_sd", "mu_pos", "mu_neg"} <= steps[0].keys()  # warm-up: basis only
     assert "rank_unlabeled" not in steps[0]
@@ -68,9 +69,9 @@ def test_student_logs_mined_pairs_and_gaussians(finished_run):
 
 def test_rerun_skips_finished_stages(finished_run):
     before = {p: p.stat().st_mtime_ns for p in finished_run.rglob("model.pt")}
-    config = load_config(finished_run / "config.yaml")
+    config = load_config(finished_run / layout.CONFIG)
     again = run(config, finished_run)
-    assert again == json.loads((finished_run / "metrics.json").read_text())
+    assert again == json.loads((finished_run / layout.METRICS).read_text())
     assert {p: p.stat().st_mtime_ns for p in finished_run.rglob("model.pt")} == before
 
 
@@ -85,7 +86,7 @@ def test_changed_config_on_existing_run_is_refused(finished_run):
 def test_embed_command_and_python_api(finished_run, tmp_path, class_tree):
     import slade
 
-    checkpoint = finished_run / "student" / "model.pt"
+    checkpoint = finished_run / layout.STUDENT / layout.MODEL
     result = CliRunner().invoke(app, ["embed", str(checkpoint), str(class_tree),
                                       "--out", str(tmp_path / "e.npy")])
     assert result.exit_code == 0, result.output
@@ -103,12 +104,12 @@ def test_second_round_pseudo_labels_with_the_student_and_trains_from_it(finished
 
     run_dir = tmp_path / "run"
     shutil.copytree(finished_run, run_dir)
-    round1 = (run_dir / "student" / "model.pt").read_bytes()
-    config = load_config(run_dir / "config.yaml", ["student.rounds=2"])
+    round1 = (run_dir / layout.STUDENT / layout.MODEL).read_bytes()
+    config = load_config(run_dir / layout.CONFIG, ["student.rounds=2"])
     metrics = run(config, run_dir, force=True)
     assert list(metrics) == ["pretrain", "teacher", "student", "student_round2"]
-    assert metrics["student"] == json.loads((finished_run / "metrics.json").read_text())["student"]
-    assert (run_dir / "student" / "model.pt").read_bytes() == round1  # round 1 not redone
+    assert metrics["student"] == json.loads((finished_run / layout.METRICS).read_text())["student"]
+    assert (run_dir / layout.STUDENT / layout.MODEL).read_bytes() == round1  # round 1 not redone
     second = metrics["student_round2"]
     assert METRIC_KEYS <= second.keys() and second["init"] == "student"
     assert second["pseudo_labels"]["clusters"] == 8
@@ -118,15 +119,15 @@ def test_second_round_pseudo_labels_with_the_student_and_trains_from_it(finished
     from slade.inference import embed_dataset, load_embedding_net
 
     pool = prepare(build_splits(config.data, config.seed), config.data).unlabeled
-    student, _ = load_embedding_net(run_dir / "student" / "model.pt")
+    student, _ = load_embedding_net(run_dir / layout.STUDENT / layout.MODEL)
     expected = embed_dataset(student, pool, eval_transform(config.data.image_size, config.data.channels),
                              torch.device("cpu"))
-    student_view = np.load(run_dir / "pseudo_labels_round2" / "embeddings.npy")
+    student_view = np.load(run_dir / layout.pseudo_labels(2) / layout.EMBEDDINGS)
     assert np.allclose(student_view, expected, atol=1e-5)
-    assert not np.allclose(student_view, np.load(run_dir / "pseudo_labels" / "embeddings.npy"))
-    log = [json.loads(x) for x in (run_dir / "student_round2" / "log.jsonl").read_text().splitlines()]
+    assert not np.allclose(student_view, np.load(run_dir / layout.PSEUDO_LABELS / layout.EMBEDDINGS))
+    log = [json.loads(x) for x in (run_dir / layout.student(2) / layout.LOG).read_text().splitlines()]
     assert "pos_pairs" in [e for e in log if "loss" in e][-1]
-    assert (run_dir / "student_round2" / "model.pt").read_bytes() != round1
+    assert (run_dir / layout.student(2) / layout.MODEL).read_bytes() != round1
 
 
 def test_student_from_stage_0_weights_by_a_setting(tmp_path):
@@ -136,7 +137,7 @@ def test_student_from_stage_0_weights_by_a_setting(tmp_path):
     config = load_config(None, TINY + ["student.init=pretrain", "student.basis_warmup_steps=6"])
     metrics = run(config, tmp_path / "run")
     assert metrics["student"]["init"] == "pretrain" and metrics["teacher"]["init"] == "pretrain"
-    weights = {stage: dict(load_embedding_net(tmp_path / "run" / stage / "model.pt")[0]
+    weights = {stage: dict(load_embedding_net(tmp_path / "run" / stage / layout.MODEL)[0]
                            .named_parameters()) for stage in ("pretrain", "teacher", "student")}
     assert all(torch.equal(p, weights["pretrain"][k]) for k, p in weights["student"].items())
     assert not all(torch.equal(p, weights["teacher"][k]) for k, p in weights["student"].items())
@@ -146,7 +147,7 @@ def test_until_stops_after_the_stage(tmp_path):
     config = load_config(None, TINY + ["pretrain.enabled=false"])
     metrics = run(config, tmp_path / "run", until="teacher")
     assert list(metrics) == ["teacher"] and metrics["teacher"]["init"] == "random"
-    assert not (tmp_path / "run" / "student").exists()
+    assert not (tmp_path / "run" / layout.STUDENT).exists()
 
 
 def test_two_processes_under_torchrun_share_embedding_and_write_one_run(tmp_path):
@@ -161,13 +162,13 @@ def test_two_processes_under_torchrun_share_embedding_and_write_one_run(tmp_path
     env = {**os.environ, "SLADE_PROGRESS": "0", "OMP_NUM_THREADS": "1", "SLADE_DIST_TIMEOUT": "120"}
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=400)
     assert done.returncode == 0, done.stderr[-3000:]
-    metrics = json.loads((out / "metrics.json").read_text())
+    metrics = json.loads((out / layout.METRICS).read_text())
     assert list(metrics) == ["pretrain", "teacher", "student"]
     assert all(METRIC_KEYS <= stage.keys() for stage in metrics.values())
-    embeddings = np.load(out / "pseudo_labels" / "embeddings.npy")
+    embeddings = np.load(out / layout.PSEUDO_LABELS / layout.EMBEDDINGS)
     assert embeddings.shape == (160, 16)
     assert np.allclose(np.linalg.norm(embeddings, axis=1), 1, atol=1e-4)  # every row written
-    table = (out / "pseudo_labels" / "pseudo_labels.csv").read_text().splitlines()
+    table = (out / layout.PSEUDO_LABELS / layout.TABLE).read_text().splitlines()
     assert len(table) == 161
 
 
@@ -187,3 +188,94 @@ def test_validation_classes_replace_the_test_classes(tmp_path):
     validation = build_splits(config.data, config.seed).test
     assert set(validation.sources) <= set(plain.labeled.sources)
     assert set(validation.sources).isdisjoint(plain.test.sources)
+
+
+def test_until_pseudo_labels_stops_after_stage_2_and_the_rest_reuses_it(tmp_path):
+    from slade.stages.common import stage_done
+
+    config = load_config(None, TINY + ["pretrain.enabled=false"])
+    out = tmp_path / "run"
+    metrics = run(config, out, until="pseudo_labels")
+    assert list(metrics) == ["teacher"]  # the pseudo labels evaluate no model: no entry of their own
+    assert stage_done(out / layout.PSEUDO_LABELS) and not (out / layout.STUDENT).exists()
+    labels = (out / layout.PSEUDO_LABELS / layout.DONE).stat().st_mtime_ns
+    metrics = run(config, out)
+    assert list(metrics) == ["teacher", "student"] and metrics["student"]["pseudo_labels"]["clusters"] == 8
+    assert (out / layout.PSEUDO_LABELS / layout.DONE).stat().st_mtime_ns == labels  # not redone
+
+
+def test_until_names_a_stage_of_the_run():
+    from slade.errors import ConfigError
+    from slade.pipeline import stage_names
+
+    config = load_config(None, TINY + ["student.rounds=2"])
+    assert stage_names(config) == ["pretrain", "teacher", "pseudo_labels", "student",
+                                   "pseudo_labels_round2", "student_round2"]
+    with pytest.raises(ConfigError, match=r"--until: unknown stage 'student_round3' \(stages: pretrain, "
+                                          r"teacher, pseudo_labels, student, pseudo_labels_round2"):
+        run(config, "unused", until="student_round3")
+
+
+def test_readme_stage_table_lists_the_pipeline_stages():
+    import re
+    from pathlib import Path
+
+    from slade.pipeline import stage_names
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    table = re.findall(r"^\| (\d) `(\w+)` \|", readme, flags=re.MULTILINE)
+    assert [name for _, name in table] == stage_names(load_config(None, TINY))
+    assert [int(number) for number, _ in table] == [0, 1, 2, 3]
+
+
+def test_student_writes_its_basis_as_a_file_of_its_own(finished_run):
+    from slade.basis.feature_basis import load_basis
+    from slade.engine.checkpoint import load_checkpoint
+
+    student = finished_run / layout.STUDENT
+    done = json.loads((student / layout.DONE).read_text())
+    assert sorted(done["outputs"]) == [layout.BASIS, layout.MODEL]
+    basis = load_basis(student / layout.BASIS)
+    trained = load_checkpoint(student / layout.CHECKPOINT)["modules"]["basis"]  # the final state
+    assert basis.state_dict().keys() == trained.keys()
+    assert all(torch.equal(basis.state_dict()[k], v) for k, v in trained.items())
+    assert basis.weight.shape == (12, 16) and basis.scale == 16.0 and basis.momentum == 0.99
+    assert bool(basis.initialized)
+
+
+def test_a_run_made_before_the_basis_file_is_reused_and_can_be_finished_again(finished_run, tmp_path):
+    """A student finished by 9d7a007 has no basis.pt: its stages stay current; deleting its
+    done.json (as the analysis's note says) finishes it again from its last checkpoint."""
+    import shutil
+
+    from slade.basis.feature_basis import load_basis
+
+    out = tmp_path / "old"
+    shutil.copytree(finished_run, out)
+    student = out / layout.STUDENT
+    done = json.loads((student / layout.DONE).read_text())
+    (student / layout.BASIS).unlink()
+    del done["outputs"][layout.BASIS]
+    (student / layout.DONE).write_text(json.dumps(done))
+    before = {p: p.stat().st_mtime_ns for p in out.rglob(layout.DONE)}
+    metrics = json.loads((out / layout.METRICS).read_text())
+
+    config = load_config(out / layout.CONFIG)
+    assert run(config, out) == metrics
+    assert {p: p.stat().st_mtime_ns for p in out.rglob(layout.DONE)} == before  # nothing redone
+
+    from slade.inference import load_embedding_net
+
+    def weights():
+        return load_embedding_net(student / layout.MODEL)[0].state_dict()
+
+    model = weights()
+    (student / layout.DONE).unlink()
+    again = run(config, out)
+    assert {k: v for k, v in again["student"].items() if k != "train_seconds"} == \
+        {k: v for k, v in metrics["student"].items() if k != "train_seconds"}
+    assert all(torch.equal(v, model[k]) for k, v in weights().items())
+    assert layout.BASIS in json.loads((student / layout.DONE).read_text())["outputs"]
+    assert load_basis(student / layout.BASIS).weight.shape == (12, 16)
+    log = [json.loads(x) for x in (student / layout.LOG).read_text().splitlines()]
+    assert [e["step"] for e in log if "loss" in e] == [1, 2, 3, 4, 5, 6]  # no step trained again

@@ -76,7 +76,7 @@ def run_command(
     out: Annotated[Path, typer.Option("--out", "-o", help="Run directory.")],
     overrides: SetOption = None,
     until: Annotated[str | None, typer.Option(
-        help="Stop after this stage: pretrain, teacher, student.")] = None,
+        help="Stop after this stage: pretrain, teacher, pseudo_labels, student (student_round2...).")] = None,
     force: Annotated[bool, typer.Option(help="Continue a run directory made with another config.")] = False,
 ) -> None:
     """Run every SLADE stage: self-supervised init, teacher, pseudo labels, student."""
@@ -199,14 +199,17 @@ def tsne(
     Maps of labeled (coloured by class) vs unlabeled (grey) images under the initial, teacher and
     student embeddings; written to RUN_DIR/analysis/, the gap also to RUN_DIR/metrics.json.
     """
+    from slade import run_layout as layout
     from slade.analysis import analyse_run
     from slade.analysis.analyse import read_run_config
+    from slade.pipeline import record_gap
 
     given = {"points": points, "perplexity": perplexity, "seed": seed}
     config = read_run_config(run_dir, [f"analysis.{k}={v}" for k, v in given.items() if v is not None])
     gap = analyse_run(run_dir, config.analysis)
+    record_gap(run_dir, gap)
     console.print(_gap_table(gap))
-    console.print(f"report: {run_dir / 'report.html'}   figures: {run_dir / 'analysis'}")
+    console.print(f"report: {run_dir / layout.REPORT}   figures: {run_dir / layout.ANALYSIS}")
 
 
 @app.command("index")

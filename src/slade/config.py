@@ -19,6 +19,7 @@ from typing import Any, Literal
 
 import yaml
 
+from slade.dicts import differing_keys, flatten
 from slade.errors import ConfigError
 
 
@@ -142,16 +143,22 @@ class PretrainConfig(TrainConfig):
 
 
 @dataclass
-class TeacherConfig(TrainConfig):
-    """Stage 1: the teacher, trained on the labeled set with a ranking loss."""
+class RankingConfig(TrainConfig):
+    """A stage trained with a ranking loss on m-per-class batches: the teacher and the student."""
 
-    steps: int = 1500
     # Any pytorch-metric-learning loss by class name, or `contrastive` / `multi_similarity`.
     loss: str = "multi_similarity"
     loss_args: dict[str, Any] = field(default_factory=dict)
     # A pytorch-metric-learning miner by class name, or empty for none.
     miner: str = "multi_similarity"
     miner_args: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class TeacherConfig(RankingConfig):
+    """Stage 1: the teacher, trained on the labeled set with a ranking loss."""
+
+    steps: int = 1500
     # Start from the stage-0 weights when stage 0 ran.
     init: Literal["pretrain", "random"] = "pretrain"
 
@@ -166,7 +173,7 @@ class PseudoLabelConfig:
 
 
 @dataclass
-class StudentConfig(TrainConfig):
+class StudentConfig(RankingConfig):
     """Stage 3: the student, with feature basis learning and confident pseudo pairs."""
 
     # All steps, the first `basis_warmup_steps` of which train the feature basis alone.
@@ -174,10 +181,6 @@ class StudentConfig(TrainConfig):
     # Each step sees `batch_size` labeled and `unlabeled_batch_size` unlabeled images.
     unlabeled_batch_size: int = 64
     unlabeled_m_per_class: int = 4
-    loss: str = "multi_similarity"
-    loss_args: dict[str, Any] = field(default_factory=dict)
-    miner: str = "multi_similarity"
-    miner_args: dict[str, Any] = field(default_factory=dict)
     init: Literal["teacher", "pretrain"] = "teacher"
     rounds: int = 1
     # Feature basis: `basis_size` vectors (0 means one per labeled class, k = C_l).
@@ -439,20 +442,12 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     data = _read_yaml(Path(path), where) if path else {}
     if overrides:
         parsed = parse_overrides(overrides)
-        for key in _flatten(parsed):
+        for key in flatten(parsed):
             where.origin[key] = "--set"
         data = _merge(data, parsed)
     config = _coerce(data, Config, "", where) if data else Config()
     validate(config)
     return config
-
-
-def _flatten(data: dict[str, Any], prefix: str = "") -> list[str]:
-    keys = []
-    for key, value in data.items():
-        dotted = f"{prefix}.{key}" if prefix else key
-        keys.extend(_flatten(value, dotted) if isinstance(value, dict) else [dotted])
-    return keys
 
 
 def validate(config: Config) -> None:
@@ -516,16 +511,4 @@ def dump_config(config: Config) -> str:
 
 def diff_configs(a: Config, b: Config) -> list[str]:
     """Dotted keys whose values differ between two configs."""
-    flat_a, flat_b = _flat_values(to_dict(a)), _flat_values(to_dict(b))
-    return sorted(k for k in flat_a.keys() | flat_b.keys() if flat_a.get(k) != flat_b.get(k))
-
-
-def _flat_values(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in data.items():
-        dotted = f"{prefix}.{key}" if prefix else key
-        if isinstance(value, dict) and value:
-            out.update(_flat_values(value, dotted))
-        else:
-            out[dotted] = value
-    return out
+    return differing_keys(to_dict(a), to_dict(b))

@@ -22,7 +22,7 @@ from slade.data.images import Decoder, open_image
 from slade.data.transforms import Transform, eval_transform
 from slade.engine import distributed
 from slade.engine.checkpoint import load_checkpoint, save_checkpoint
-from slade.engine.trainer import resolve_device
+from slade.engine.device import resolve_device
 from slade.errors import CheckpointError, ConfigError, DataError
 from slade.models.embedder import EmbeddingNet, create_embedder
 

@@ -1,14 +1,14 @@
 """``slade run``: every SLADE stage in order, each reading and writing files in the run directory.
 
-    RUN/config.yaml                  the resolved config
-    RUN/data.json                    image and class counts per split, dropped classes
-    RUN/bad_images.csv               unreadable images that were skipped (split, source, reason)
-    RUN/pretrain/model.pt            stage 0: SwAV weights            (+ checkpoint.pt, log.jsonl)
-    RUN/teacher/model.pt             stage 1: the teacher             (+ metrics.json)
-    RUN/pseudo_labels/               stage 2: embeddings.npy, pseudo_labels.csv, clusters.json
-    RUN/student/model.pt             stage 3: the student             (round r > 1: student_round{r})
-    RUN/metrics.json                 {stage: retrieval metrics, "gap": {embedding: domain gap}}
-    RUN/analysis/, RUN/report.html   t-SNE maps, training plots, the run report (slade.analysis)
+    pretrain        stage 0: SwAV weights              RUN/pretrain/model.pt
+    teacher         stage 1: the teacher               RUN/teacher/model.pt
+    pseudo_labels   stage 2: k-means of the pool       RUN/pseudo_labels/pseudo_labels.csv
+    student         stage 3: the student               RUN/student/model.pt, basis.pt
+    (round r > 1: pseudo_labels_round{r}, student_round{r}, each pseudo-labeled by the last student)
+    the analysis    t-SNE maps, domain gap, report     RUN/analysis/, RUN/report.html
+
+``run_layout.py`` names every file; ``RUN/metrics.json`` holds each stage's retrieval metrics (the
+pseudo labels' statistics are in their student's) and the analysis's ``"gap"``.
 
 A finished stage (its ``done.json``, written last) is not redone and an interrupted one resumes
 from its checkpoint, so rerunning a finished or killed run is cheap; a stage made with other
@@ -21,30 +21,30 @@ its slice of each global batch (``engine/distributed.py``); rank 0 alone writes 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Iterator
+from functools import partial
 from pathlib import Path
 
+from slade import run_layout as layout
 from slade.config import Config, diff_configs, dump_config, load_config
 from slade.data.build import build_splits, prepare
 from slade.data.datasets import start_bad_image_report, write_bad_image_report
 from slade.engine import distributed
-from slade.engine.trainer import resolve_device
+from slade.engine.device import resolve_device
 from slade.errors import ConfigError, SladeError, TooManyBadImages
-from slade.io import remove_partial_writes, write_json, write_text
+from slade.io import read_json, remove_partial_writes, write_json, write_text
 from slade.stages.common import RunContext
 
 log = logging.getLogger("slade")
 
-STAGES = ("pretrain", "teacher", "student")
-BAD_IMAGES = "bad_images.csv"
 
-
-def student_name(round_index: int, prefix: str = "student") -> str:
-    """``student`` for round 1, ``student_round2``... after (the keys of metrics.json)."""
-    return prefix if round_index == 1 else f"{prefix}_round{round_index}"
+def stage_names(config: Config) -> list[str]:
+    """The stages ``--until`` may name, in order (``pretrain`` even when disabled: it is skipped)."""
+    return layout.stages(config.student.rounds)
 
 
 def _check_run_dir(config: Config, run_dir: Path, force: bool) -> None:
-    saved = run_dir / "config.yaml"
+    saved = run_dir / layout.CONFIG
     if not saved.exists() or force:
         return
     previous = load_config(saved)
@@ -62,39 +62,45 @@ def run(config: Config, run_dir: str | Path, until: str | None = None, force: bo
     """Run the pipeline up to and including stage ``until`` (all stages when None).
 
     Returns:
-        ``{stage name: metrics}`` as written to ``RUN/metrics.json``.
+        ``{stage name: metrics}`` as written to ``RUN/metrics.json`` (stages that evaluate no
+        model, the pseudo labels, have no entry).
     """
-    if until is not None and until not in STAGES:
-        raise ConfigError(f"--until: unknown stage {until!r} (stages: {', '.join(STAGES)})")
+    if until is not None and until not in stage_names(config):
+        raise ConfigError(f"--until: unknown stage {until!r} (stages: {', '.join(stage_names(config))})")
     run_dir = Path(run_dir)
-    device = distributed.setup(resolve_device(config.device))  # joins torchrun's processes, if any
+    device = distributed.setup(resolve_device(config.device))  # joins torchrun's processes
     main = distributed.is_main()  # the only process that writes files
     if main:
         _check_run_dir(config, run_dir, force)
         run_dir.mkdir(parents=True, exist_ok=True)
         remove_partial_writes(run_dir)  # of a killed run; stage folders are cleaned as each stage starts
-        write_text(run_dir / "config.yaml", dump_config(config))
+        write_text(run_dir / layout.CONFIG, dump_config(config))
 
+    bad_images = run_dir / layout.BAD_IMAGES
     splits = build_splits(config.data, config.seed)
     try:
         data = prepare(splits, config.data)
     except TooManyBadImages as exc:
         if main:
-            write_bad_image_report(run_dir / BAD_IMAGES, exc.bad)
-        raise TooManyBadImages(f"{exc}; all are listed in {run_dir / BAD_IMAGES}", exc.bad) from None
+            write_bad_image_report(bad_images, exc.bad)
+        raise TooManyBadImages(f"{exc}; all are listed in {bad_images}", exc.bad) from None
     if main:
-        write_json(run_dir / "data.json", data.summary())
-        start_bad_image_report(run_dir / BAD_IMAGES, data.parts)
+        write_json(run_dir / layout.DATA_SUMMARY, data.summary())
+        start_bad_image_report(bad_images, data.parts)
     distributed.barrier()
     if not main:  # lazy sets append what they meet to rank 0's report
-        start_bad_image_report(run_dir / BAD_IMAGES, data.parts, write=False)
+        start_bad_image_report(bad_images, data.parts, write=False)
     ctx = RunContext(config, run_dir, data, device)
 
     metrics: dict[str, dict] = {}
-    for stage, result in _stages(ctx, until):
-        metrics[stage] = result
-        if main:
-            write_json(run_dir / "metrics.json", metrics)
+    for name, stage in _stages(config):
+        result = stage(ctx)
+        if result is not None:
+            metrics[name] = result
+            if main:
+                write_metrics(run_dir, metrics)
+        if name == until:
+            break
     if until is None and config.analysis.enabled and main:
         from slade.analysis.analyse import analyse_run, analysis_is_current
 
@@ -102,26 +108,37 @@ def run(config: Config, run_dir: str | Path, until: str | None = None, force: bo
             metrics["gap"] = analysis_is_current(run_dir, config) or analyse_run(run_dir)
         except SladeError as exc:
             log.warning("no visual analysis of %s: %s", run_dir, exc)
-        write_json(run_dir / "metrics.json", metrics)
+        write_metrics(run_dir, metrics)
     distributed.finish()  # under torchrun: every process waits for the analysis, then leaves
     return metrics
 
 
-def _stages(ctx: RunContext, until: str | None):
+def _stages(config: Config) -> Iterator[tuple[str, Callable[[RunContext], dict | None]]]:
+    """``(name, run)`` of each stage in order; ``run(ctx)`` returns its metrics (or None)."""
+    from slade.stages.pretrain import run_pretrain
+    from slade.stages.pseudo_labels import run_pseudo_label_round
+    from slade.stages.student import run_student_round
     from slade.stages.teacher import run_teacher
 
-    config = ctx.config
-    if config.pretrain.enabled:
-        from slade.stages.pretrain import run_pretrain
-
-        yield "pretrain", run_pretrain(ctx)
-    if until == "pretrain":
-        return
-    yield "teacher", run_teacher(ctx)
-    if until == "teacher":
-        return
-    from slade.stages.student import run_student_round
-
+    yield layout.PRETRAIN, run_pretrain if config.pretrain.enabled else _skipped
+    yield layout.TEACHER, run_teacher
     for r in range(1, config.student.rounds + 1):
-        yield student_name(r), run_student_round(ctx, r)
+        yield layout.pseudo_labels(r), partial(run_pseudo_label_round, round_index=r)
+        yield layout.student(r), partial(run_student_round, round_index=r)
 
+
+def _skipped(ctx: RunContext) -> None:
+    return None
+
+
+def write_metrics(run_dir: Path, metrics: dict) -> None:
+    """``RUN/metrics.json``; the pipeline (and ``slade tsne`` through :func:`record_gap`) alone
+    writes it."""
+    write_json(Path(run_dir) / layout.METRICS, metrics)
+
+
+def record_gap(run_dir: Path, gap: dict) -> None:
+    """Replace the ``"gap"`` of ``RUN/metrics.json`` with a new analysis's (``slade tsne``)."""
+    path = Path(run_dir) / layout.METRICS
+    stages = {k: v for k, v in (read_json(path) if path.is_file() else {}).items() if k != "gap"}
+    write_metrics(run_dir, {**stages, "gap": gap})

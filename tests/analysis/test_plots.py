@@ -5,6 +5,7 @@ import json
 import numpy as np
 import pytest
 
+from slade import run_layout as layout
 from slade.analysis.plots import basis_similarity_figure, cluster_size_figure, read_log, training_figure
 from slade.errors import DataError
 
@@ -40,7 +41,7 @@ def test_teacher_log_gives_two_panels_and_an_empty_log_none():
 
 
 def test_read_log_drops_a_torn_last_line_only(tmp_path):
-    path = tmp_path / "log.jsonl"
+    path = tmp_path / layout.LOG
     path.write_text(json.dumps({"step": 1, "loss": 1.0}) + "\n" + '{"step": 2, "lo')
     assert read_log(path) == [{"step": 1, "loss": 1.0}]
     path.write_text('{"step": 2, "lo\n' + json.dumps({"step": 3}) + "\n")

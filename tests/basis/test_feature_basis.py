@@ -130,3 +130,14 @@ def test_blend_gives_the_momentum_gaussians_with_a_damped_gradient():
     before = basis.gaussians()
     basis.blend(first)
     assert basis.gaussians() == before  # blending does not update
+
+
+def test_basis_file_keeps_the_plain_reading(tmp_path):
+    from slade.basis.feature_basis import load_basis, save_basis
+
+    weight = torch.tensor([[2.0, 0.0], [0.0, 5.0], [3.0, 4.0]])
+    for normalise in (True, False):
+        basis = basis_with(weight, normalise=normalise, scale=1.0)
+        back = load_basis(save_basis(tmp_path / f"basis_{normalise}.pt", basis))
+        z = torch.tensor([[1.0, 0.0], [0.6, 0.8]])
+        assert back.normalise is normalise and torch.allclose(back(z), basis(z))

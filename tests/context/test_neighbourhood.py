@@ -87,3 +87,20 @@ def test_miner_keeps_same_label_pairs_with_context_and_other_pairs_without():
     truth = labels[batch.numpy()]
     right = [truth[a] == truth[b] for a, b in expected_pos]
     assert np.mean(right) > 0.5
+
+
+def test_miner_then_lets_a_pml_miner_choose_among_the_kept_pairs():
+    from pytorch_metric_learning.miners import MultiSimilarityMiner
+
+    x, labels = blobs(n_classes=6, per_class=10, noise=1.0)
+    context = k_reciprocal_encoding(x, k=8, k2=3)
+    pseudo = labels // 2
+    batch = torch.tensor([0, 1, 2, 10, 11, 12, 20, 21, 30, 31, 45, 46])
+    z = torch.nn.functional.normalize(torch.from_numpy(x[batch.numpy()]), dim=1)
+    plain = ContextualPairMiner(context, pseudo, threshold=0.15)(z, batch)
+    ms = MultiSimilarityMiner(0.1)(z, torch.as_tensor(pseudo[batch.numpy()]))
+    both = ContextualPairMiner(context, pseudo, threshold=0.15, then=MultiSimilarityMiner(0.1))(z, batch)
+    for kind in (0, 2):
+        expected = (set(zip(plain[kind].tolist(), plain[kind + 1].tolist(), strict=True))
+                    & set(zip(ms[kind].tolist(), ms[kind + 1].tolist(), strict=True)))
+        assert set(zip(both[kind].tolist(), both[kind + 1].tolist(), strict=True)) == expected

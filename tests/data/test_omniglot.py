@@ -12,7 +12,8 @@ from slade.data.images import Decoder, decode_all
 from slade.data.omniglot import read_omniglot, read_omniglot_archives
 from slade.errors import DataError
 
-OMNIGLOT = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "omniglot"
+# Resolved: sources name the resolved files, and ../shared may be a symlink.
+OMNIGLOT = (Path(__file__).resolve().parents[2].parent / "shared" / "data" / "omniglot").resolve()
 SMALL1 = OMNIGLOT / "images_background_small1.zip"
 SMALL2 = OMNIGLOT / "images_background_small2.zip"
 

@@ -10,7 +10,7 @@ from slade.data.splits import traditional_split
 from slade.errors import DataError
 
 REPO = Path(__file__).resolve().parents[2]
-DATA = REPO.parent / "shared" / "data"
+DATA = (REPO.parent / "shared" / "data").resolve()  # sources name resolved files; ../shared may be a link
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,8 @@ from slade.data.images import Decoder, open_image
 from slade.data.tiles import _load_sheet, open_tile, read_tile_sheet
 from slade.errors import DataError
 
-TILES = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "omniglot-tiles"
+# Resolved: sources name the resolved files, and ../shared may be a symlink.
+TILES = (Path(__file__).resolve().parents[2].parent / "shared" / "data" / "omniglot-tiles").resolve()
 
 
 def make_sheet(path: Path, inked: int, rows: int, width: int = 560, mode: str = "RGBA") -> Path:

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from slade import run_layout as layout
 from slade.config import DataConfig, PretrainConfig, StudentConfig, TeacherConfig
 from slade.data.batches import MPerClassBatches, _Stream
 from slade.data.datasets import ImageDataset, UnlabeledUnion
@@ -60,7 +61,7 @@ def train(tree: Path, out: Path) -> None:
                               log_every=1, checkpoint_every=0)
     swav = SwAVStage(model, UnlabeledUnion(images), swav_cfg, DATA, seed=0)
     swav.head = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 16))  # no BatchNorm1d
-    fit(swav, swav_cfg, out / "pretrain", CPU)
+    fit(swav, swav_cfg, out / layout.PRETRAIN, CPU)
 
     def evaluate() -> dict[str, float]:  # every rank embeds its share, rank 0 scores
         embeddings = embed_dataset(model, images, eval_transform(28, 1), CPU, 64, across_ranks=True)
@@ -69,25 +70,26 @@ def train(tree: Path, out: Path) -> None:
     train_args = {"steps": 4, "batch_size": 8, "m_per_class": 2, "warmup_steps": 1, "log_every": 1,
                   "checkpoint_every": 2}
     teacher_cfg = TeacherConfig(**train_args)
-    fit(RankingStage(model, images, teacher_cfg, DATA, seed=0), teacher_cfg, out / "teacher", CPU, evaluate)
+    fit(RankingStage(model, images, teacher_cfg, DATA, seed=0), teacher_cfg, out / layout.TEACHER, CPU,
+        evaluate)
 
     student_cfg = StudentConfig(**train_args, basis_warmup_steps=2, unlabeled_batch_size=8,
                                 unlabeled_m_per_class=2)
     pseudo_labels = np.arange(len(images)) // 3
     torch.manual_seed(1)
     student = StudentStage(model, images, images, pseudo_labels, student_cfg, DATA, seed=1)
-    result = fit(student, student_cfg, out / "student", CPU, evaluate)
+    result = fit(student, student_cfg, out / layout.STUDENT, CPU, evaluate)
     # 48 images in shares of 24, batches of 5: the ranks' last batches are partial.
     embeddings = embed_dataset(model, images, eval_transform(28, 1), CPU, 5, across_ranks=True)
     assert (embeddings is None) == (not distributed.is_main())
     unreadable_met_on_any_rank(tree, out)
     if distributed.is_main():
-        np.save(out / "embeddings.npy", embeddings)
+        np.save(out / layout.EMBEDDINGS, embeddings)
         state = {f"{name}.{key}": value for name, module in student.modules().items()
                  for key, value in module.state_dict().items()}
         state |= {f"swav_head.{key}": value for key, value in swav.head.state_dict().items()}
         torch.save(state, out / "weights.pt")
-        (out / "metrics.json").write_text(json.dumps(result.final_metrics))
+        (out / layout.METRICS).write_text(json.dumps(result.final_metrics))
 
 
 def unreadable_met_on_any_rank(tree: Path, out: Path) -> None:
@@ -140,12 +142,12 @@ def test_two_processes_train_as_one_process_with_the_same_global_batch(class_tre
     for key, value in one.items():
         assert torch.allclose(value.float(), two[key].float(), atol=1e-4), key
     for stage in ("pretrain", "teacher", "student"):
-        a, b = losses(tmp_path / "one" / stage / "log.jsonl"), losses(tmp_path / "two" / stage / "log.jsonl")
+        a, b = losses(tmp_path / "one" / stage / layout.LOG), losses(tmp_path / "two" / stage / layout.LOG)
         assert [s for s, _ in a] == [s for s, _ in b] and np.allclose([x for _, x in a], [x for _, x in b],
                                                                        atol=1e-4), stage
-    embeddings = [np.load(tmp_path / run / "embeddings.npy") for run in ("one", "two")]
+    embeddings = [np.load(tmp_path / run / layout.EMBEDDINGS) for run in ("one", "two")]
     assert embeddings[0].shape == (48, 16) and np.allclose(embeddings[0], embeddings[1], atol=1e-4)
-    metrics = [json.loads((tmp_path / run / "metrics.json").read_text()) for run in ("one", "two")]
+    metrics = [json.loads((tmp_path / run / layout.METRICS).read_text()) for run in ("one", "two")]
     assert metrics[0].keys() == metrics[1].keys() and "recall@1" in metrics[0]
     assert all(abs(metrics[0][k] - metrics[1][k]) < 1e-4 for k in metrics[0])
     # Rank 1 wrote nothing: the files are those of the single process.
@@ -163,10 +165,10 @@ def test_a_rank_that_dies_stops_the_other_with_a_message_and_the_checkpoint_inta
     assert "rank 0 of 2" in done.stderr and ("lost contact" in done.stderr or "SIGTERM" in done.stderr), \
         done.stderr[-3000:]
     assert time.perf_counter() - started < 120  # well within SLADE_DIST_TIMEOUT of the gloo group
-    saved = load_checkpoint(tmp_path / "run" / "teacher" / "checkpoint.pt")
+    saved = load_checkpoint(tmp_path / "run" / layout.TEACHER / layout.CHECKPOINT)
     assert saved["step"] == 2
     assert all(torch.isfinite(v).all() for v in saved["modules"]["model"].values() if v.is_floating_point())
-    assert not list((tmp_path / "run" / "teacher").glob(".*.tmp"))
+    assert not list((tmp_path / "run" / layout.TEACHER).glob(".*.tmp"))
 
 
 if __name__ == "__main__":  # one rank under torchrun

@@ -4,6 +4,7 @@ import pickle
 import pytest
 import torch
 
+from slade import run_layout as layout
 from slade.config import DataConfig, ModelConfig, TeacherConfig
 from slade.data.datasets import ImageDataset
 from slade.data.folders import read_class_folders
@@ -44,7 +45,7 @@ def test_training_changes_weights_and_logs_every_step(class_tree, tmp_path):
     result = fit(stage, cfg, tmp_path / "run", CPU)
     assert result.steps == 6
     assert any(not torch.equal(before[k], v) for k, v in stage.model.state_dict().items())
-    log = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    log = [json.loads(line) for line in (tmp_path / "run" / layout.LOG).read_text().splitlines()]
     assert [e["step"] for e in log] == [1, 2, 3, 4, 5, 6]
     assert all(e["loss"] >= 0 and e["images_per_s"] > 0 for e in log)
 
@@ -73,14 +74,14 @@ def test_resume_after_interruption_equals_uninterrupted_run(class_tree, tmp_path
     interrupted.loss_terms = crash_at_step_4
     with pytest.raises(KeyboardInterrupt):
         fit(interrupted, cfg, tmp_path / "run", CPU)
-    assert load_checkpoint(tmp_path / "run" / "checkpoint.pt")["step"] == 3
+    assert load_checkpoint(tmp_path / "run" / layout.CHECKPOINT)["step"] == 3
 
     resumed, _ = make_stage(class_tree)  # a fresh process would start from new weights
     result = fit(resumed, cfg, tmp_path / "run", CPU)
     assert result.steps == 3
     for key, value in weights(reference).items():
         assert torch.allclose(value, resumed.model.state_dict()[key], atol=1e-6), key
-    steps = [json.loads(x)["step"] for x in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    steps = [json.loads(x)["step"] for x in (tmp_path / "run" / layout.LOG).read_text().splitlines()]
     assert steps == [1, 2, 3, 4, 5, 6]
 
 
@@ -116,7 +117,7 @@ def test_non_finite_loss_stops_naming_the_term(class_tree, tmp_path):
     with pytest.raises(TrainingError, match=r"teacher step 5: loss term 'rank_unlabeled' is nan; "
                                             r"the last good checkpoint is .*checkpoint.pt"):
         fit(stage, cfg, tmp_path / "run", CPU)
-    saved = load_checkpoint(tmp_path / "run" / "checkpoint.pt")
+    saved = load_checkpoint(tmp_path / "run" / layout.CHECKPOINT)
     assert saved["step"] == 3
     assert all(torch.isfinite(v).all() for v in saved["modules"]["model"].values() if v.is_floating_point())
 
@@ -127,11 +128,11 @@ def test_non_finite_loss_rolls_back_skips_the_batch_and_finishes(class_tree, tmp
     result = fit(stage, cfg, tmp_path / "run", CPU)
     assert result.steps == 6 and finite(stage)
     assert "teacher step 5: loss term 'rank_unlabeled' is nan; rolled back to step 3" in caplog.text
-    log = [json.loads(x) for x in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    log = [json.loads(x) for x in (tmp_path / "run" / layout.LOG).read_text().splitlines()]
     assert [e["step"] for e in log] == [1, 2, 3, 3, 4, 5, 6]
     assert log[3]["rollback"] == {"failed_step": 5, "fault": "loss term 'rank_unlabeled'", "value": "nan",
                                   "skipped_batch": 4}
-    assert load_checkpoint(tmp_path / "run" / "checkpoint.pt")["position"] == {
+    assert load_checkpoint(tmp_path / "run" / layout.CHECKPOINT)["position"] == {
         "step": 6, "batch": 7, "skipped": [4], "rollbacks": 1}
 
 
@@ -145,7 +146,7 @@ def test_rollback_before_the_first_checkpoint_and_the_rollback_limit(class_tree,
     with pytest.raises(TrainingError, match=r"teacher step 5: loss term 'rank_unlabeled' is nan, after 2 "
                                             r"rollback\(s\) \(max_rollbacks=2\)"):
         fit(stage, cfg, tmp_path / "always", CPU)
-    assert load_checkpoint(tmp_path / "always" / "checkpoint.pt")["position"]["skipped"] == [4, 5]
+    assert load_checkpoint(tmp_path / "always" / layout.CHECKPOINT)["position"]["skipped"] == [4, 5]
 
 
 def test_non_finite_gradient_is_caught_before_the_update(class_tree, tmp_path):
@@ -165,7 +166,7 @@ def test_non_finite_gradient_is_caught_before_the_update(class_tree, tmp_path):
 
 
 def test_log_line_cut_by_a_kill_is_dropped_on_resume(tmp_path):
-    path = tmp_path / "log.jsonl"
+    path = tmp_path / layout.LOG
     path.write_text('{"step": 1, "loss": 1.0}\n{"step": 2, "loss": 0.9}\n{"step": 3, "lo')
     JsonlLog(path, resume_step=2)
     assert path.read_text() == '{"step": 1, "loss": 1.0}\n{"step": 2, "loss": 0.9}\n'

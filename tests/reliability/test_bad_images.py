@@ -10,6 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
+from slade import run_layout as layout
 from slade.config import load_config
 from slade.data.datasets import ImageDataset
 from slade.data.folders import read_class_folders
@@ -80,7 +81,7 @@ def test_cached_set_drops_and_lists_each_kind(tree):
 def test_lazy_set_stands_in_a_readable_image_of_the_class_and_reports(tree, tmp_path):
     images = read_class_folders(tree)
     dataset = ImageDataset(images, Decoder(1, 28, True), cache=False, max_bad_fraction=0.2, split="labeled")
-    report = tmp_path / "bad_images.csv"
+    report = tmp_path / layout.BAD_IMAGES
     dataset.report_to(report)
     names = [s.rsplit("/", 1)[-1] for s in images.sources]
     pixels = [dataset[i] for i in range(len(dataset))]  # as training and embedding read them
@@ -130,17 +131,17 @@ def test_lazy_run_skips_bad_images_met_in_training_and_embedding(tmp_path):
     config = folder_config(tmp_path, "never", 0.25)
     metrics = run(config, out)
     assert 0.0 <= metrics["student"]["recall@1"] <= 1.0
-    listed = listed_in(out / "bad_images.csv")
+    listed = listed_in(out / layout.BAD_IMAGES)
     # Every pool and test image is embedded, so all their bad images are met; labeled ones are met
     # only when a batch draws them.
     assert {("unlabeled", n) for n in BAD} | {("test", n) for n in BAD} <= listed
     assert {split for split, _ in listed} <= {"labeled", "unlabeled", "test"}
-    table = list(csv.DictReader((out / "pseudo_labels" / "pseudo_labels.csv").open()))
+    table = list(csv.DictReader((out / layout.PSEUDO_LABELS / layout.TABLE).open()))
     unlabeled = {r["source"].rsplit("/", 1)[-1] for r in table if r["pseudo_label"] == "-1"}
     assert unlabeled == BAD.keys()
     assert metrics["student"]["pseudo_labels"]["unreadable"] == 5
     run(config, out)  # every stage finished: nothing is read again but the test set
-    assert listed_in(out / "bad_images.csv") == listed  # what the first process met is still listed
+    assert listed_in(out / layout.BAD_IMAGES) == listed  # what the first process met is still listed
 
 
 def test_cached_run_past_the_fraction_stops_with_the_list(tmp_path):
@@ -148,5 +149,5 @@ def test_cached_run_past_the_fraction_stops_with_the_list(tmp_path):
     with pytest.raises(TooManyBadImages, match=r"5 of 53 labeled images cannot be read.*all are listed in "
                                                r".*bad_images.csv"):
         run(folder_config(tmp_path, "always", 0.05), out)
-    rows = list(csv.DictReader((out / "bad_images.csv").open()))
+    rows = list(csv.DictReader((out / layout.BAD_IMAGES).open()))
     assert {r["source"].rsplit("/", 1)[-1] for r in rows} == BAD.keys()

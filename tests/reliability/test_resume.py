@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 import torch
 
+from slade import run_layout as layout
 from slade.cli import DEMO_CONFIG
 from slade.config import load_config
-from slade.engine.checkpoint import load_checkpoint, save_checkpoint
-from slade.engine.trainer import TRAINING_STATE
+from slade.engine.checkpoint import TRAINING_STATE, load_checkpoint, save_checkpoint
 from slade.errors import ConfigError
 from slade.pipeline import run
 from slade.stages.common import stage_current, stage_done
@@ -57,23 +57,23 @@ def test_run_killed_in_the_teacher_and_in_the_student_ends_as_if_never_killed(re
 
     killed = slade_demo(out, "teacher:4")  # before step 4: the checkpoint holds step 2
     assert killed.returncode == -signal.SIGKILL, killed.stderr
-    assert load_checkpoint(out / "teacher" / "checkpoint.pt")["step"] == 2
-    assert not stage_done(out / "teacher")
+    assert load_checkpoint(out / layout.TEACHER / layout.CHECKPOINT)["step"] == 2
+    assert not stage_done(out / layout.TEACHER)
 
     killed = slade_demo(out, "student:5")  # resumes the teacher, makes pseudo labels, dies again
     assert killed.returncode == -signal.SIGKILL, killed.stderr
-    assert stage_done(out / "teacher") and stage_done(out / "pseudo_labels")
-    assert load_checkpoint(out / "student" / "checkpoint.pt")["step"] == 4
-    assert not stage_done(out / "student")
+    assert stage_done(out / layout.TEACHER) and stage_done(out / layout.PSEUDO_LABELS)
+    assert load_checkpoint(out / layout.STUDENT / layout.CHECKPOINT)["step"] == 4
+    assert not stage_done(out / layout.STUDENT)
 
     metrics = run(load_config(DEMO_CONFIG, TINY), out)  # the rerun, here in the test's process
     assert without_timing(metrics) == without_timing(ref_metrics)
     for stage in ("teacher", "student"):
-        for key, value in weights(ref_dir / stage / "model.pt").items():
-            assert torch.equal(value, weights(out / stage / "model.pt")[key]), (stage, key)
-    assert (out / "pseudo_labels" / "pseudo_labels.csv").read_text() == \
-        (ref_dir / "pseudo_labels" / "pseudo_labels.csv").read_text()
-    steps = [json.loads(x)["step"] for x in (out / "student" / "log.jsonl").read_text().splitlines()]
+        for key, value in weights(ref_dir / stage / layout.MODEL).items():
+            assert torch.equal(value, weights(out / stage / layout.MODEL)[key]), (stage, key)
+    assert (out / layout.PSEUDO_LABELS / layout.TABLE).read_text() == \
+        (ref_dir / layout.PSEUDO_LABELS / layout.TABLE).read_text()
+    steps = [json.loads(x)["step"] for x in (out / layout.STUDENT / layout.LOG).read_text().splitlines()]
     assert steps == [1, 2, 3, 4, 5, 6, 7, 8, 8]  # the last entry is the final evaluation
 
 
@@ -93,18 +93,19 @@ def test_finished_stages_are_reused_and_a_forced_change_redoes_only_what_it_affe
     run(changed, out, force=True)
     after = finished()
     assert {stage for stage in before if after[stage] != before[stage]} == {"student/done.json"}
-    assert json.loads((out / "student" / "done.json").read_text())["fingerprint"]["student"]["lambda1"] == 0.5
+    done = json.loads((out / layout.STUDENT / layout.DONE).read_text())
+    assert done["fingerprint"]["student"]["lambda1"] == 0.5
 
 
 def test_stage_with_a_checkpoint_of_other_settings_starts_over(tmp_path, caplog):
-    stage = tmp_path / "teacher"
+    stage = tmp_path / layout.TEACHER
     fingerprint = {"teacher": {"lr": 1}}
-    save_checkpoint(stage / "checkpoint.pt", {"format": TRAINING_STATE, "fingerprint": fingerprint})
+    save_checkpoint(stage / layout.CHECKPOINT, {"format": TRAINING_STATE, "fingerprint": fingerprint})
     (stage / ".model.pt.x1.tmp").write_bytes(b"half a model")  # left by a killed write
     assert not stage_current(stage, {"teacher": {"lr": 1}})
-    assert (stage / "checkpoint.pt").exists() and not (stage / ".model.pt.x1.tmp").exists()
+    assert (stage / layout.CHECKPOINT).exists() and not (stage / ".model.pt.x1.tmp").exists()
     assert not stage_current(stage, {"teacher": {"lr": 2}})
-    assert not (stage / "checkpoint.pt").exists()
+    assert not (stage / layout.CHECKPOINT).exists()
     assert "made with other settings or inputs (teacher.lr): starting the stage over" in caplog.text
 
 
@@ -123,15 +124,16 @@ def test_pseudo_labels_killed_after_the_embeddings_are_redone(reference, tmp_pat
     monkeypatch.setattr(stage, "kmeans", die)
     with pytest.raises(KeyboardInterrupt):
         run(config, out)
-    assert (out / "pseudo_labels" / "embeddings.npy").exists() and not stage_done(out / "pseudo_labels")
-    (out / "pseudo_labels" / "embeddings.npy").write_bytes(b"garbage a rerun must not trust")
+    labels = out / layout.PSEUDO_LABELS
+    assert (labels / layout.EMBEDDINGS).exists() and not stage_done(labels)
+    (out / layout.PSEUDO_LABELS / layout.EMBEDDINGS).write_bytes(b"garbage a rerun must not trust")
     monkeypatch.undo()
     assert without_timing(run(config, out)) == without_timing(reference[1])
-    assert np.load(out / "pseudo_labels" / "embeddings.npy").shape == (160, 16)
+    assert np.load(out / layout.PSEUDO_LABELS / layout.EMBEDDINGS).shape == (160, 16)
 
 
 def test_killed_atomic_write_leaves_the_old_file(tmp_path):
-    target = tmp_path / "metrics.json"
+    target = tmp_path / layout.METRICS
     target.write_text('{"old": 1}')
     code = f"from slade.io import write_json; write_json({str(target)!r}, {{'new': 2}})"
     env = {**os.environ, "SLADE_KILL_AT": "write:metrics.json"}
@@ -145,6 +147,6 @@ def test_killed_atomic_write_leaves_the_old_file(tmp_path):
 def test_atomic_writes_get_the_usual_permissions(tmp_path):
     import slade.io
 
-    path = slade.io.write_json(tmp_path / "metrics.json", {"a": 1})
+    path = slade.io.write_json(tmp_path / layout.METRICS, {"a": 1})
     # As open() would create it (0644 under the usual umask 022), not mkstemp's private 0600.
     assert path.stat().st_mode & 0o777 == 0o666 & ~slade.io._UMASK

@@ -1,6 +1,7 @@
 import numpy as np
 import pytest
 
+from slade import run_layout as layout
 from slade.errors import DataError
 from slade.stages.pseudo_labels import PseudoLabels, cluster_statistics, kmeans
 
@@ -51,8 +52,8 @@ def test_too_many_clusters_or_empty_pool():
 def test_table_round_trip(tmp_path):
     table = PseudoLabels(np.array([2, 0, 1]), np.array([0.5, 0.25, 0.125], np.float32),
                          ["a.png", "zip:/x.zip!b, c.png", "tiles:/s.png#3"])
-    table.write(tmp_path / "pseudo_labels.csv")
-    again = PseudoLabels.read(tmp_path / "pseudo_labels.csv")
+    table.write(tmp_path / layout.TABLE)
+    again = PseudoLabels.read(tmp_path / layout.TABLE)
     assert again.sources == table.sources
     assert np.array_equal(again.labels, table.labels)
     assert np.allclose(again.distances, table.distances)

@@ -94,7 +94,7 @@ def test_contextual_mining_keeps_same_label_pairs_whose_neighbourhoods_agree():
     context = k_reciprocal_encoding(pool, k=6, k2=2)
     stage = StudentStage(model, data.labeled, data.unlabeled, pseudo_labels, config.student,
                          config.data, seed=0, context=context)
-    assert not stage.uses_basis and set(stage.modules()["basis"].state_dict())  # kept, untrained
+    assert not stage.trains_basis and set(stage.modules()["basis"].state_dict())  # kept, untrained
     calls = []
     loss = stage.loss
 

@@ -5,26 +5,30 @@
     RUN/analysis/training_<stage>.png          loss terms, Recall@1 / MAP@R, mined pairs, mu+ / mu-
     RUN/analysis/basis_similarity_<student>.png   same- vs different-cluster basis similarity
     RUN/analysis/cluster_sizes_<pseudo_labels>.png
-    RUN/analysis/gap.json                      the settings and the domain gap of every embedding
-    RUN/metrics.json                           gains "gap": {embedding: domain gap}
+    RUN/analysis/gap.json                      the settings, the domain gap of every embedding and
+                                               the digests of the stage outputs it was made from
     RUN/report.html                            all of it on one self-contained page, written last
 
 The *initial* embedding is what the teacher started from: the stage-0 weights, or a freshly
 initialised network (random, or ImageNet weights with ``model.pretrained``) when stage 0 did not
 run. Everything is computed before anything is written, and every file is written atomically, so
-a failed analysis leaves the previous report whole.
+a failed analysis leaves the previous report whole. The gap goes to ``RUN/metrics.json`` through
+the pipeline (``slade run``, ``slade tsne``), which alone writes that file.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 
 import faiss
 import numpy as np
 import torch
 
+from slade import run_layout as layout
 from slade.analysis import plots
 from slade.analysis.gap import domain_classifier_accuracy, domain_gap
 from slade.analysis.images import PRINT_DPI, SCREEN_DPI, figure_png, thumbnail_uri
@@ -41,20 +45,15 @@ from slade.analysis.tsne import (
 from slade.config import AnalysisConfig, Config, dump_config, load_config
 from slade.data.datasets import ImageDataset
 from slade.data.records import ImageSet
-from slade.data.transforms import eval_transform
-from slade.engine.checkpoint import load_checkpoint
-from slade.engine.trainer import TRAINING_STATE, resolve_device
+from slade.engine.device import resolve_device
 from slade.errors import CheckpointError, DataError
-from slade.inference import decoder_for, embed_dataset, load_embedding_net
+from slade.inference import decoder_for
 from slade.io import atomic_write, read_json, write_json, write_text
-from slade.models.embedder import EmbeddingNet, create_embedder
-from slade.stages.common import MODEL_FILE
+from slade.models.embedder import EmbeddingNet
+from slade.stages.common import embed_images, load_model, new_model, stage_outputs
 
 log = logging.getLogger("slade")
 
-ANALYSIS_DIR = "analysis"
-REPORT_FILE = "report.html"
-GAP_FILE = "gap.json"
 # The retrieval browser searches at most this many test images (a uniform sample beyond it).
 MAX_TEST_IMAGES = 5000
 
@@ -68,10 +67,8 @@ class EmbeddingSource:
     path: Path | None
 
 
-def _student_names(config: Config, prefix: str = "student") -> list[str]:
-    from slade.pipeline import student_name
-
-    return [student_name(r, prefix) for r in range(1, config.student.rounds + 1)]
+def _rounds(config: Config) -> range:
+    return range(1, config.student.rounds + 1)
 
 
 def plan_embeddings(run_dir: Path, config: Config) -> list[EmbeddingSource]:
@@ -81,30 +78,28 @@ def plan_embeddings(run_dir: Path, config: Config) -> list[EmbeddingSource]:
         CheckpointError: the run has no finished stage to analyse.
     """
     def has_model(stage: str) -> bool:
-        return (run_dir / stage / MODEL_FILE).is_file()  # written atomically, when the stage ends
+        return (run_dir / stage / layout.MODEL).is_file()  # written atomically, when the stage ends
 
-    if not has_model("pretrain") and not has_model("teacher"):
-        raise CheckpointError(f"{run_dir}: no finished stage with a model (pretrain/{MODEL_FILE} or "
-                              f"teacher/{MODEL_FILE}): run `slade run` on it first")
-    if has_model("pretrain") and config.teacher.init == "pretrain":
-        initial = EmbeddingSource("initial", "stage-0 SwAV weights", run_dir / "pretrain" / MODEL_FILE)
+    pretrain, teacher = layout.PRETRAIN, layout.TEACHER
+    if not has_model(pretrain) and not has_model(teacher):
+        raise CheckpointError(f"{run_dir}: no finished stage with a model ({pretrain}/{layout.MODEL} or "
+                              f"{teacher}/{layout.MODEL}): run `slade run` on it first")
+    if has_model(pretrain) and config.teacher.init == "pretrain":
+        initial = EmbeddingSource("initial", "stage-0 SwAV weights", run_dir / pretrain / layout.MODEL)
     elif config.model.pretrained:
         initial = EmbeddingSource("initial", f"{config.model.backbone} ImageNet weights", None)
     else:
         initial = EmbeddingSource("initial", f"random initialisation (seed {config.seed})", None)
     found = [initial]
-    for name in ["teacher", *_student_names(config)]:
+    for name in [teacher, *map(layout.student, _rounds(config))]:
         if has_model(name):
-            found.append(EmbeddingSource(name, f"{name}/{MODEL_FILE}", run_dir / name / MODEL_FILE))
+            found.append(EmbeddingSource(name, f"{name}/{layout.MODEL}", run_dir / name / layout.MODEL))
     return found
 
 
 def _load(source: EmbeddingSource, config: Config) -> EmbeddingNet:
-    if source.path is not None:
-        model, _ = load_embedding_net(source.path, config.model)
-        return model
-    torch.manual_seed(config.seed)  # the network the teacher started from (RunContext.new_model)
-    return create_embedder(config.model, config.data.channels)
+    # Without a saved model: the network the teacher started from.
+    return new_model(config) if source.path is None else load_model(source.path, config)
 
 
 def _draw(image_set: ImageSet, n: int, rng: np.random.Generator, config: Config) -> ImageDataset:
@@ -122,41 +117,35 @@ def _class_name(image_set: ImageSet, label: int) -> str:
     return image_set.class_names[label] if 0 <= label < len(image_set.class_names) else str(label)
 
 
-class _Embedder:
-    """Embeds datasets with one network on the run's device and evaluation batch size."""
-
-    def __init__(self, config: Config) -> None:
-        self.device = resolve_device(config.device)
-        self.transform = eval_transform(config.data.image_size, config.data.channels)
-        self.batch_size = config.evaluation.batch_size
-
-    def __call__(self, model: EmbeddingNet, dataset: ImageDataset) -> np.ndarray:
-        return embed_dataset(model.to(self.device), dataset, self.transform, self.device, self.batch_size)
-
-
 def read_run_config(run_dir: Path, overrides: list[str] | None = None) -> Config:
     """The resolved config a run directory was made with (``--set``-style ``overrides`` applied)."""
-    if not (Path(run_dir) / "config.yaml").is_file():
-        raise DataError(f"{run_dir}: not a run directory (no config.yaml): give the --out of `slade run`")
-    return load_config(Path(run_dir) / "config.yaml", overrides)
+    if not (Path(run_dir) / layout.CONFIG).is_file():
+        raise DataError(f"{run_dir}: not a run directory (no {layout.CONFIG}): give the --out of `slade run`")
+    return load_config(Path(run_dir) / layout.CONFIG, overrides)
 
 
 def analysis_is_current(run_dir: Path, config: Config) -> dict | None:
-    """The gap of an earlier analysis when it covers the run's current models and settings."""
-    gap_file, report = run_dir / ANALYSIS_DIR / GAP_FILE, run_dir / REPORT_FILE
+    """The gap of an earlier analysis when it was made with the run's current settings from the
+    stage outputs the run has now (by their ``done.json`` digests)."""
+    gap_file, report = run_dir / layout.ANALYSIS / layout.GAP, run_dir / layout.REPORT
     if not gap_file.is_file() or not report.is_file():
         return None
     try:
         saved = read_json(gap_file)
         sources = plan_embeddings(run_dir, config)
-    except (ValueError, CheckpointError):
+        inputs = _inputs(run_dir, config)
+    except (ValueError, KeyError, CheckpointError):
         return None
-    newest = max((s.path.stat().st_mtime for s in sources if s.path is not None), default=0.0)
     if (saved.get("settings") != _settings(config.analysis)
             or list(saved.get("gap", {})) != [s.name for s in sources]
-            or newest > report.stat().st_mtime):
+            or saved.get("inputs") != inputs):
         return None
     return saved["gap"]
+
+
+def _inputs(run_dir: Path, config: Config) -> dict[str, dict | None]:
+    """What the analysis reads, as the stages recorded it: each stage's output digests."""
+    return {stage: stage_outputs(run_dir / stage) for stage in layout.stages(config.student.rounds)}
 
 
 def _settings(settings: AnalysisConfig) -> dict:
@@ -171,22 +160,49 @@ def analyse_run(run_dir: str | Path, settings: AnalysisConfig | None = None) -> 
         settings: sample size, perplexity, seed...; the run's ``analysis`` section when None.
 
     Returns:
-        ``{embedding: domain gap}``, also written to ``RUN/metrics.json`` under ``"gap"``.
+        ``{embedding: domain gap}``, for ``RUN/metrics.json`` under ``"gap"``.
 
     Raises:
         CheckpointError: no finished stage to analyse.
         DataError: a labeled set or unlabeled pool of fewer than 2 images, or fewer points than
             t-SNE's perplexity needs.
     """
+    analysis = compute_analysis(Path(run_dir), settings)
+    analysis.write(Path(run_dir))
+    return analysis.gap
+
+
+@dataclass
+class Analysis:
+    """Everything the analysis of a run writes, computed before any of it is written."""
+
+    files: dict[str, bytes | str]  # RUN/analysis/<name>
+    gap: dict[str, dict]
+    record: dict  # RUN/analysis/gap.json
+    report: str  # RUN/report.html
+
+    def write(self, run_dir: Path) -> None:
+        out = run_dir / layout.ANALYSIS
+        for name, content in self.files.items():
+            if isinstance(content, bytes):
+                atomic_write(out / name, lambda p, c=content: p.write_bytes(c))
+            else:
+                write_text(out / name, content)
+        write_json(out / layout.GAP, self.record)
+        write_text(run_dir / layout.REPORT, self.report)  # last: a report always comes with its figures
+
+
+def compute_analysis(run_dir: Path, settings: AnalysisConfig | None = None) -> Analysis:
+    """The analysis of the run in ``run_dir`` (see :func:`analyse_run`), nothing written."""
     from slade.data.build import build_splits
 
-    run_dir = Path(run_dir)
     config = read_run_config(run_dir)
     settings = settings or config.analysis
     sources = plan_embeddings(run_dir, config)
+    inputs = _inputs(run_dir, config)
     splits = build_splits(config.data, config.seed)
     sample = _Sample.draw(splits, config, settings)
-    embed = _Embedder(config)
+    embed = partial(embed_images, config, resolve_device(config.device))
 
     files: dict[str, bytes | str] = {}
     gap, maps, map_figures, pool_embeddings = {}, [], [], {}
@@ -203,39 +219,31 @@ def analyse_run(run_dir: str | Path, settings: AnalysisConfig | None = None) -> 
                     f"({len(np.unique(sample.labeled.labels))} classes), {len(z_u)} unlabeled")
         maps.append((title, subtitle, coords))
         figure = plot_map(coords, sample.points, title, subtitle)
-        map_figures.append(_render(files, f"tsne_{source.name}.png", figure, f"t-SNE, {title}: {subtitle}"))
-    files["tsne.html"] = interactive_page(maps, sample.points, f"t-SNE maps of {run_dir.name}")
+        map_figures.append(_render(files, layout.tsne_figure(source.name), figure,
+                                   f"t-SNE, {title}: {subtitle}"))
+    files[layout.TSNE_PAGE] = interactive_page(maps, sample.points, f"t-SNE maps of {run_dir.name}")
 
     notes: list[str] = []
     sections = [
         FigureSection("t-SNE: labeled set vs unlabeled pool", map_figures,
                       "Labeled images coloured by class (× a random 10%, + the other 90%: the traditional "
                       "setting's labeled and unlabeled sets), unlabeled pool in grey; t-SNE is given no "
-                      "labels. Interactive version (hover shows the image): analysis/tsne.html.", columns=2),
+                      f"labels. Interactive version (hover shows the image): {layout.ANALYSIS}/"
+                      f"{layout.TSNE_PAGE}.", columns=2),
         FigureSection("Training", _training_figures(run_dir, config, files)),
         _pseudo_label_section(run_dir, config, files, sample.unlabeled, pool_embeddings, notes),
     ]
     final = sources[-1]
     queries = _retrieval_browser(model, splits, config, settings, embed)  # the last model loaded
 
-    metrics_path = run_dir / "metrics.json"
+    metrics_path, summary = run_dir / layout.METRICS, run_dir / layout.DATA_SUMMARY
     stage_metrics = {k: v for k, v in (read_json(metrics_path) if metrics_path.is_file() else {}).items()
                      if k != "gap"}
     html = render_report(Report(
         run_name=run_dir.resolve().name, config_yaml=dump_config(config), stage_metrics=stage_metrics,
-        gap=gap, data_summary=read_json(run_dir / "data.json") if (run_dir / "data.json").is_file() else {},
+        gap=gap, data_summary=read_json(summary) if summary.is_file() else {},
         sections=sections, queries=queries, retrieval_model=final.name, notes=notes))
-
-    out = run_dir / ANALYSIS_DIR
-    for name, content in files.items():
-        if isinstance(content, bytes):
-            atomic_write(out / name, lambda p, c=content: p.write_bytes(c))
-        else:
-            write_text(out / name, content)
-    write_json(out / GAP_FILE, {"settings": _settings(settings), "gap": gap})
-    write_json(metrics_path, {**stage_metrics, "gap": gap})
-    write_text(run_dir / REPORT_FILE, html)  # last: a report always comes with its figures
-    return gap
+    return Analysis(files, gap, {"settings": _settings(settings), "gap": gap, "inputs": inputs}, html)
 
 
 @dataclass
@@ -283,37 +291,37 @@ def _render(files: dict, name: str, fig, caption: str) -> tuple[str, bytes]:
 
 def _training_figures(run_dir: Path, config: Config, files: dict) -> list[tuple[str, bytes]]:
     figures = []
-    for stage in ["pretrain", "teacher", *_student_names(config)]:
-        path = run_dir / stage / "log.jsonl"
+    for stage in [layout.PRETRAIN, layout.TEACHER, *map(layout.student, _rounds(config))]:
+        path = run_dir / stage / layout.LOG
         if not path.is_file():
             continue
         fig = plots.training_figure(plots.read_log(path), stage)
         if fig is not None:
-            figures.append(_render(files, f"training_{stage}.png", fig, f"{stage}: training log"))
+            figures.append(_render(files, layout.training_figure(stage), fig, f"{stage}: training log"))
     return figures
 
 
 def _pseudo_label_section(run_dir: Path, config: Config, files: dict, unlabeled: ImageDataset,
                           pool_embeddings: dict[str, np.ndarray], notes: list[str]) -> FigureSection:
-    from slade.stages.pseudo_labels import STATS, TABLE, PseudoLabels
+    from slade.stages.pseudo_labels import PseudoLabels
 
     figures, stats = [], {}
-    for student, labels_name in zip(_student_names(config), _student_names(config, "pseudo_labels"),
-                                    strict=True):
+    for r in _rounds(config):
+        student, labels_name = layout.student(r), layout.pseudo_labels(r)
         labels_dir = run_dir / labels_name
-        if not (labels_dir / TABLE).is_file():
+        if not (labels_dir / layout.TABLE).is_file():
             continue
-        pseudo = PseudoLabels.read(labels_dir / TABLE)
-        if (labels_dir / STATS).is_file():
-            stats[labels_name] = read_json(labels_dir / STATS)
-        figures.append(_render(files, f"cluster_sizes_{labels_name}.png",
+        pseudo = PseudoLabels.read(labels_dir / layout.TABLE)
+        if (labels_dir / layout.CLUSTERS).is_file():
+            stats[labels_name] = read_json(labels_dir / layout.CLUSTERS)
+        figures.append(_render(files, layout.cluster_sizes_figure(labels_name),
                                plots.cluster_size_figure(pseudo.labels, labels_name),
                                f"{labels_name}: pseudo-label cluster sizes"))
         if student not in pool_embeddings:
             continue
         figure = _basis_figure(run_dir / student, config, pseudo, unlabeled, pool_embeddings[student], notes)
         if figure is not None:
-            figures.append(_render(files, f"basis_similarity_{student}.png", figure,
+            figures.append(_render(files, layout.basis_figure(student), figure,
                                    f"{student}: basis similarity of unlabeled pairs, final model"))
     return FigureSection("Pseudo labels and mining", figures, after=cluster_table(stats))
 
@@ -321,20 +329,23 @@ def _pseudo_label_section(run_dir: Path, config: Config, files: dict, unlabeled:
 def _basis_figure(student_dir: Path, config: Config, pseudo, unlabeled: ImageDataset, z: np.ndarray,
                   notes: list[str]):
     """The student's basis similarities of the sampled pool, split by pseudo label (None if unknown)."""
-    from slade.basis.feature_basis import FeatureBasis
+    from slade.basis.feature_basis import load_basis
+    from slade.mining import MININGS
 
-    if config.student.mining == "all_pairs":
-        notes.append(f"{student_dir.name}: mining all_pairs trains no feature basis: no basis histogram.")
+    name = student_dir.name
+    if not MININGS[config.student.mining].trains_basis:
+        notes.append(f"{name}: mining {config.student.mining} trains no feature basis: no basis histogram.")
+        return None
+    if layout.BASIS not in (stage_outputs(student_dir) or {}):
+        notes.append(f"{name}: no basis histogram: this stage was finished by a slade that kept its basis "
+                     f"only in its training state; delete {name}/{layout.DONE} and rerun `slade run` to "
+                     f"write {name}/{layout.BASIS} (it resumes from its last checkpoint, no training).")
         return None
     try:
-        state = load_checkpoint(student_dir / "checkpoint.pt", TRAINING_STATE)
-        basis_state = state["modules"]["basis"]
-    except (CheckpointError, KeyError) as exc:
-        notes.append(f"{student_dir.name}: no basis histogram, the feature basis is not readable ({exc}).")
+        basis = load_basis(student_dir / layout.BASIS)
+    except CheckpointError as exc:
+        notes.append(f"{name}: no basis histogram, the feature basis is not readable ({exc}).")
         return None
-    weight = basis_state["weight"]
-    basis = FeatureBasis(weight.shape[1], weight.shape[0])
-    basis.load_state_dict(basis_state)
     by_source = dict(zip(pseudo.sources, pseudo.labels.tolist(), strict=True))
     labels = np.array([by_source.get(s, -1) for s in unlabeled.image_set.sources])
     known = labels >= 0
@@ -343,11 +354,11 @@ def _basis_figure(student_dir: Path, config: Config, pseudo, unlabeled: ImageDat
     g = basis.gaussians()
     return plots.basis_similarity_figure(
         similarity, labels[known], g["mu_pos"], g["mu_neg"],
-        f"{student_dir.name}: basis similarity of {int(known.sum())} sampled unlabeled images")
+        f"{name}: basis similarity of {int(known.sum())} sampled unlabeled images")
 
 
 def _retrieval_browser(model: EmbeddingNet, splits, config: Config, settings: AnalysisConfig,
-                       embed: _Embedder) -> list[RetrievedQuery]:
+                       embed: Callable[[EmbeddingNet, ImageDataset], np.ndarray]) -> list[RetrievedQuery]:
     """Test queries with their ``top_k`` nearest test (or gallery) images."""
     rng = np.random.default_rng(settings.seed)
     queries_set = _draw(splits.test, MAX_TEST_IMAGES, rng, config)

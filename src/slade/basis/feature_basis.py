@@ -10,7 +10,9 @@ means are the thresholds that decide which pseudo pairs are confident (Eq. 7, ``
 Choices where the paper's exact form could not be recovered (configurable where it matters):
 
 - The rows of ``W_a`` are L2-normalised, so responses are cosines and the cross-entropy ``scale``
-  is a temperature (as in NormFace); Eq. 4 is invariant to this.
+  is a temperature (as in NormFace). This changes Eq. 4 too: the cosine of two response vectors is
+  invariant to one scale shared by every row of ``W_a``, not to a different scale per row, so the
+  similarity is that of the normalised basis, not of the raw ``W_a``.
 - ``L_SD = [mu- - mu+ + margin]_+ + w (var+ + var-)`` is computed on the batch's statistics. The
   momentum Gaussians of Eq. 6 are kept without gradient and supply the thresholds of Eq. 7: blending
   the batch into a constant history before the loss would only scale its gradient by ``1 - beta``.
@@ -19,10 +21,16 @@ Choices where the paper's exact form could not be recovered (configurable where 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from slade.engine.checkpoint import load_checkpoint, save_checkpoint
+from slade.errors import CheckpointError
+
+BASIS_FORMAT = "slade.feature-basis"
 
 
 @dataclass
@@ -136,3 +144,31 @@ class FeatureBasis(nn.Module):
 
     def gaussians(self) -> dict[str, float]:
         return {name: float(getattr(self, name)) for name in ("mu_pos", "var_pos", "mu_neg", "var_neg")}
+
+
+def save_basis(path: str | Path, basis: FeatureBasis) -> Path:
+    """Write ``basis`` (``W_a``, the Gaussians, scale, momentum, row normalisation) as a file of its own."""
+    return save_checkpoint(path, {
+        "format": BASIS_FORMAT,
+        "scale": basis.scale,
+        "momentum": basis.momentum,
+        "normalise": basis.normalise,
+        "state_dict": {k: v.detach().cpu() for k, v in basis.state_dict().items()},
+    })
+
+
+def load_basis(path: str | Path) -> FeatureBasis:
+    """Read a basis :func:`save_basis` wrote (tensors and plain data only).
+
+    Raises:
+        CheckpointError: missing, unsafe, corrupt, or not a feature basis.
+    """
+    state = load_checkpoint(path, BASIS_FORMAT)
+    try:
+        weight = state["state_dict"]["weight"]
+        basis = FeatureBasis(weight.shape[1], weight.shape[0], float(state["scale"]),
+                             float(state["momentum"]), bool(state.get("normalise", True)))
+        basis.load_state_dict(state["state_dict"])
+    except (KeyError, RuntimeError, AttributeError, IndexError) as exc:
+        raise CheckpointError(f"{path}: incomplete feature basis ({str(exc)[:160]})") from None
+    return basis

@@ -26,15 +26,22 @@ class ContextualPairMiner(BaseMiner):
         similarity: the pool's contextual similarity.
         pseudo_labels: the pseudo label of every pool image.
         threshold: positives need ``sim >= threshold``; negatives need ``sim < threshold``.
+        then: a PML miner that then chooses among the kept pairs (called with the pseudo labels).
     """
 
     def __init__(self, similarity: ContextualSimilarity, pseudo_labels: np.ndarray, threshold: float,
-                 **kwargs) -> None:
+                 then: BaseMiner | None = None, **kwargs) -> None:
         super().__init__(**kwargs)
         self.similarity = similarity
         self.pseudo_labels = torch.as_tensor(np.asarray(pseudo_labels))
         self.threshold = threshold
+        self.then = then
         self.last_similarity: torch.Tensor | None = None
+
+    def kept_share(self) -> float:
+        """The share of the last batch's same-label pairs kept as positives."""
+        sim = self.last_similarity
+        return float((sim >= self.threshold).float().mean()) if sim is not None and sim.numel() else 0.0
 
     def mine(self, embeddings, labels, ref_emb, ref_labels):
         if ref_emb is not embeddings:
@@ -49,4 +56,8 @@ class ContextualPairMiner(BaseMiner):
         a1, p = torch.where(same & close)
         a2, n = torch.where(different & ~close)
         self.last_similarity = sim[same]
-        return a1, p, a2, n
+        if self.then is None:
+            return a1, p, a2, n
+        from slade.basis.confident_pairs import intersect_pairs
+
+        return intersect_pairs((a1, p, a2, n), self.then(embeddings, pseudo), len(embeddings))

@@ -20,7 +20,8 @@ def _is_image(name: str) -> bool:
     return not _hidden(name) and Path(name).suffix.lower() in IMAGE_EXTENSIONS
 
 
-def _folder(root: str | Path) -> Path:
+def data_root(root: str | Path) -> Path:
+    """``root`` resolved, or a :class:`DataError` when it is missing or not a folder."""
     path = Path(root)
     if not path.exists():
         raise DataError(f"{path}: data root not found")
@@ -29,7 +30,8 @@ def _folder(root: str | Path) -> Path:
     return path.resolve()
 
 
-def _images_under(folder: Path) -> list[Path]:
+def images_under(folder: Path) -> list[Path]:
+    """Every image file below ``folder``, sorted; hidden files and folders left out."""
     found = []
     for dirpath, dirnames, filenames in os.walk(folder):
         dirnames[:] = [d for d in dirnames if not _hidden(d)]
@@ -37,7 +39,7 @@ def _images_under(folder: Path) -> list[Path]:
     return sorted(found)
 
 
-def _image_set(
+def make_image_set(
     items: list[tuple[str, str | None]], labeled: bool, domain: str, name: str
 ) -> ImageSet:
     """An image set from ``(source, class name or None)`` pairs, labels in sorted-name order."""
@@ -66,20 +68,20 @@ def read_class_folders(
         DataError: naming the folder or file when ``root`` is missing, holds no images, or a
             labeled tree has an image outside any class folder.
     """
-    base = _folder(root)
+    base = data_root(root)
     items: list[tuple[str, str | None]] = []
     for entry in sorted(base.iterdir()):
         if _hidden(entry.name):
             continue
         if entry.is_dir():
-            items += [(str(f), entry.name) for f in _images_under(entry)]
+            items += [(str(f), entry.name) for f in images_under(entry)]
         elif _is_image(entry.name):
             if labeled:
                 raise DataError(f"{entry}: image outside any class folder of a labeled set")
             items.append((str(entry), None))
     if not items:
         raise DataError(f"{base}: no images found (expected <class>/<image> files)")
-    return _image_set(items, labeled, domain or base.name, base.name)
+    return make_image_set(items, labeled, domain or base.name, base.name)
 
 
 def _inside(base: Path, value: str, where: str) -> Path:
@@ -118,7 +120,7 @@ def read_csv_list(
             escapes the data root or does not exist.
     """
     csv_path = Path(path)
-    base = _folder(root) if root is not None else csv_path.resolve().parent
+    base = data_root(root) if root is not None else csv_path.resolve().parent
     items: list[tuple[str, str | None]] = []
     missing: list[str] = []
     try:
@@ -161,4 +163,4 @@ def read_csv_list(
         raise DataError(f"{missing[0]} ({len(missing)} of {len(items)} listed files are missing)")
     if not items:
         raise DataError(f"{csv_path}: lists no images")
-    return _image_set(items, labeled, domain or base.name, csv_path.stem)
+    return make_image_set(items, labeled, domain or base.name, csv_path.stem)

@@ -1,16 +1,22 @@
-"""Checkpoints: saved atomically, loaded without unpickling arbitrary objects."""
+"""Checkpoints: saved atomically, loaded without unpickling arbitrary objects; a training stage's
+resumable state (:class:`CheckpointSaver`)."""
 
 from __future__ import annotations
 
 import pickle
 import zipfile
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
+from slade.dicts import differing_keys
 from slade.errors import CheckpointError
 from slade.io import atomic_write
+
+TRAINING_STATE = "slade.training-state"
 
 
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
@@ -48,3 +54,81 @@ def load_checkpoint(path: str | Path, kind: str | None = None) -> dict[str, Any]
     if kind is not None and state["format"] != kind:
         raise CheckpointError(f"{path}: is a {state['format']} checkpoint, expected {kind}")
     return state
+
+
+@dataclass
+class Position:
+    """Where training stands: the next step, the next batch number, and the batches skipped.
+
+    ``batch`` runs ahead of ``step`` by the number of batches skipped after a non-finite loss.
+    """
+
+    step: int = 0
+    batch: int = 0
+    skipped: list[int] = field(default_factory=list)
+    rollbacks: int = 0
+
+
+class CheckpointSaver:
+    """A training stage's ``checkpoint.pt``: everything the rest of its training depends on.
+
+    It holds the stage's modules (with their buffers: BatchNorm statistics, the basis Gaussians,
+    SwAV queues), the optimiser, the schedule, the random generators, the position in the batch
+    stream, the stage's own counters (``TrainingStage.extra_state``) and the fingerprint it was
+    made with. Under ``torchrun`` only rank 0 writes it; every rank restores from it.
+    """
+
+    def __init__(self, path: Path, stage, modules: dict[str, nn.Module], optimizer, scheduler,
+                 fingerprint: dict[str, Any], cuda: bool = False, write: bool = True) -> None:
+        self.path, self.stage, self.modules = path, stage, modules
+        self.optimizer, self.scheduler = optimizer, scheduler
+        self.fingerprint, self.cuda, self.write = fingerprint, cuda, write
+
+    def exists(self) -> bool:
+        return self.path.exists()
+
+    def save(self, position: Position) -> None:
+        if not self.write:  # the others read it only after the next collective, so never half-written
+            return
+        save_checkpoint(self.path, {
+            "format": TRAINING_STATE,
+            "stage": self.stage.name,
+            "step": position.step,
+            "position": asdict(position),
+            "fingerprint": self.fingerprint,
+            "modules": {name: m.state_dict() for name, m in self.modules.items()},
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "stage_state": self.stage.extra_state(),
+            "torch_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state_all() if self.cuda else [],
+        })
+
+    def restore(self) -> Position:
+        """Load every part of the state back; returns the position to continue from.
+
+        Raises:
+            CheckpointError: unreadable, made with another fingerprint, or not fitting a module.
+        """
+        path, state = self.path, load_checkpoint(self.path, TRAINING_STATE)
+        differing = differing_keys(state.get("fingerprint", {}), self.fingerprint, shared_only=True)
+        if differing:
+            raise CheckpointError(
+                f"{path}: was written with other settings ({', '.join(differing[:8])}); "
+                "remove it or use another run directory"
+            )
+        for name, module in self.modules.items():
+            try:
+                module.load_state_dict(state["modules"][name])
+            except (KeyError, RuntimeError) as exc:
+                raise CheckpointError(
+                    f"{path}: does not match the '{name}' module ({str(exc)[:160]})") from None
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.stage.load_extra_state(state.get("stage_state", {}))
+        torch.set_rng_state(state["torch_rng"])
+        if state.get("cuda_rng") and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda_rng"])
+        saved = state.get("position") or {"step": int(state["step"]), "batch": int(state["step"])}
+        return Position(int(saved["step"]), int(saved["batch"]), [int(b) for b in saved.get("skipped", [])],
+                        int(saved.get("rollbacks", 0)))

@@ -133,79 +133,90 @@ def exact_same_source(
         ``(start, stop, indices)`` per row block, in order, as soon as it and those before it
         are done.
     """
-    n = len(x)
-    blocks = [(s, min(s + chunk, n)) for s in range(0, n, chunk)]
-    b = len(blocks)
-    w = b if window is None else max(1, min(window, b))
-    pairs = _window_schedule(b, w)
-    touches = [0] * b
-    for _, i, j, shared in pairs:
-        touches[i] += 1
-        touches[j] += shared and i != j
-    heaps: dict[int, _Heaps] = {}
-    finished: dict[int, torch.Tensor] = {}
-    lock = threading.Condition()
+    search = _SymmetricSearch(x, k, chunk, window)
+    errors: list[BaseException] = []
+    stop = threading.Event()
+    workers = workers or torch.get_num_threads()
 
-    def heap(i: int) -> _Heaps:
-        with lock:
-            if i not in heaps:
-                heaps[i] = _Heaps(blocks[i][1] - blocks[i][0], k)
-            return heaps[i]
+    def run() -> None:
+        try:
+            _run_disjoint(search.pairs, search.work, chunk * chunk, workers, stop, lookahead=workers)
+        except BaseException as exc:  # handed to the consumer below
+            errors.append(exc)
+        finally:
+            with search.lock:
+                search.lock.notify_all()
 
-    def touched(i: int) -> None:
-        with lock:
-            touches[i] -= 1
-            if touches[i] == 0:
-                finished[i] = heaps.pop(i).result()
-                lock.notify_all()
+    runner = threading.Thread(target=run, daemon=True)
+    runner.start()
+    try:
+        for i, (s, e) in enumerate(search.blocks):
+            with search.lock:
+                while i not in search.finished and not errors and runner.is_alive():
+                    search.lock.wait(1.0)
+                if i not in search.finished:
+                    raise errors[0] if errors else RuntimeError(f"row block {i} was not searched")
+                idx = search.finished.pop(i)
+            yield s, e, idx
+    finally:  # also when the consumer stops early or is interrupted
+        stop.set()
+        runner.join()
 
-    def work(i: int, j: int, shared: bool, buf: torch.Tensor) -> None:
-        (s, e), (t, f) = blocks[i], blocks[j]
-        sims = torch.mm(x[s:e], x[t:f].T, out=buf[: (e - s) * (f - t)].view(e - s, f - t))
-        rows_heap = heap(i)
+
+class _SymmetricSearch:
+    """The state the workers of :func:`exact_same_source` share: the row blocks' running top k.
+
+    ``touches[i]`` counts the block pairs still to offer to row block i; when it reaches 0 the
+    block's heaps are turned into its result, moved to ``finished``, and ``lock`` is notified.
+    """
+
+    def __init__(self, x: torch.Tensor, k: int, chunk: int, window: int | None) -> None:
+        n = len(x)
+        self.x, self.k = x, k
+        self.blocks = [(s, min(s + chunk, n)) for s in range(0, n, chunk)]
+        b = len(self.blocks)
+        self.pairs = _window_schedule(b, b if window is None else max(1, min(window, b)))
+        self.touches = [0] * b
+        for _, i, j, shared in self.pairs:
+            self.touches[i] += 1
+            self.touches[j] += shared and i != j
+        self.heaps: dict[int, _Heaps] = {}
+        self.finished: dict[int, torch.Tensor] = {}
+        self.lock = threading.Condition()
+
+    def heap(self, i: int) -> _Heaps:
+        with self.lock:
+            if i not in self.heaps:
+                self.heaps[i] = _Heaps(self.blocks[i][1] - self.blocks[i][0], self.k)
+            return self.heaps[i]
+
+    def touched(self, i: int) -> None:
+        with self.lock:
+            self.touches[i] -= 1
+            if self.touches[i] == 0:
+                self.finished[i] = self.heaps.pop(i).result()
+                self.lock.notify_all()
+
+    def work(self, i: int, j: int, shared: bool, buf: torch.Tensor) -> None:
+        """Offer block ``(i, j)`` of the Gram matrix to row block i and, if shared, to block j."""
+        (s, e), (t, f) = self.blocks[i], self.blocks[j]
+        sims = torch.mm(self.x[s:e], self.x[t:f].T, out=buf[: (e - s) * (f - t)].view(e - s, f - t))
+        rows_heap = self.heap(i)
         if i == j:
             rows_heap.add_dense(sims.fill_diagonal_(_NEG_INF), s)
         elif (e - s) % GROUP:  # the ragged last row block, one-sided: offer it all
             rows_heap.add_dense(sims, t)
         else:  # shared pairs have i < j, so block i is full either way
-            cols_heap = heap(j) if shared else None
+            cols_heap = self.heap(j) if shared else None
             col_thr = cols_heap.thr if shared else torch.full((f - t,), float("inf"))
             for rows, cols, vals in _candidate_groups(sims, rows_heap.thr, col_thr):
                 if cols_heap is not None:
                     cols_heap.add(cols, vals, rows + s)  # along columns: GROUP values per column
                 col_ids = torch.repeat_interleave(cols + t, GROUP)[:, None]
                 rows_heap.add(rows.view(-1), vals.view(-1, 1), col_ids)  # along rows
-        touched(i)
+        self.touched(i)
         if shared and i != j:
-            touched(j)
-
-    errors: list[BaseException] = []
-    stop = threading.Event()
-    workers = workers or torch.get_num_threads()
-
-    def search() -> None:
-        try:
-            _run_disjoint(pairs, work, chunk * chunk, workers, stop, lookahead=workers)
-        except BaseException as exc:  # handed to the consumer below
-            errors.append(exc)
-        finally:
-            with lock:
-                lock.notify_all()
-
-    runner = threading.Thread(target=search, daemon=True)
-    runner.start()
-    try:
-        for i, (s, e) in enumerate(blocks):
-            with lock:
-                while i not in finished and not errors and runner.is_alive():
-                    lock.wait(1.0)
-                if i not in finished:
-                    raise errors[0] if errors else RuntimeError(f"row block {i} was not searched")
-                idx = finished.pop(i)
-            yield s, e, idx
-    finally:  # also when the consumer stops early or is interrupted
-        stop.set()
-        runner.join()
+            self.touched(j)
 
 
 def _window_schedule(b: int, w: int) -> list[tuple[int, int, int, bool]]:

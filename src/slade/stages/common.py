@@ -24,24 +24,43 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch.utils.data import Dataset
 
+from slade import run_layout as layout
 from slade.config import Config
 from slade.data.build import PreparedData
 from slade.data.datasets import ImageDataset
 from slade.data.transforms import eval_transform
 from slade.engine import distributed
-from slade.engine.checkpoint import load_checkpoint
-from slade.engine.trainer import CHECKPOINT, TRAINING_STATE, config_fingerprint, fingerprint_differences
+from slade.engine.checkpoint import TRAINING_STATE, load_checkpoint
 from slade.errors import CheckpointError
 from slade.inference import embed_dataset, load_embedding_net, save_embedder
 from slade.io import read_json, remove_partial_writes, write_json
 from slade.models.embedder import EmbeddingNet, create_embedder
+from slade.stages.fingerprint import config_fingerprint, fingerprint_differences
 
 log = logging.getLogger("slade")
 
-MODEL_FILE = "model.pt"
-METRICS_FILE = "metrics.json"
-DONE_FILE = "done.json"
+
+def new_model(config: Config) -> EmbeddingNet:
+    """The network a run starts from (seeded by ``config.seed``): random, or ImageNet weights."""
+    torch.manual_seed(config.seed)
+    return create_embedder(config.model, config.data.channels)
+
+
+def load_model(path: Path, config: Config) -> EmbeddingNet:
+    """A stage's saved ``model.pt``, checked against the run's model settings."""
+    model, _ = load_embedding_net(path, config.model)
+    return model
+
+
+def embed_images(config: Config, device: torch.device, model: EmbeddingNet, images: Dataset,
+                 out: np.ndarray | None = None, across_ranks: bool = False) -> np.ndarray | None:
+    """Embeddings of ``images`` at the run's image size and evaluation batch size (see
+    ``inference.embed_dataset`` for ``out`` and ``across_ranks``)."""
+    transform = eval_transform(config.data.image_size, config.data.channels)
+    return embed_dataset(model.to(device), images, transform, device, config.evaluation.batch_size,
+                         out=out, across_ranks=across_ranks)
 
 
 @dataclass
@@ -54,6 +73,7 @@ class RunContext:
     device: torch.device
 
     def stage_dir(self, name: str) -> Path:
+        """The folder of stage ``name`` (``run_layout.py``)."""
         return self.run_dir / name
 
     def fingerprint(self, section: str, **inputs: Any) -> dict[str, Any]:
@@ -67,19 +87,15 @@ class RunContext:
         }
 
     def new_model(self) -> EmbeddingNet:
-        torch.manual_seed(self.config.seed)
-        return create_embedder(self.config.model, self.config.data.channels)
+        return new_model(self.config)
 
     def load_model(self, stage: str) -> EmbeddingNet:
-        model, _ = load_embedding_net(self.stage_dir(stage) / MODEL_FILE, self.config.model)
-        return model
+        return load_model(self.stage_dir(stage) / layout.MODEL, self.config)
 
     def embed(self, model: EmbeddingNet, images, out: np.ndarray | None = None) -> np.ndarray | None:
         """Embeddings of ``images``. Under ``torchrun`` every rank must call this: each embeds its
         share, and rank 0 gets them all (the other ranks get ``None``)."""
-        transform = eval_transform(self.config.data.image_size, self.config.data.channels)
-        return embed_dataset(model, images, transform, self.device,
-                             self.config.evaluation.batch_size, out=out, across_ranks=True)
+        return embed_images(self.config, self.device, model, images, out, across_ranks=True)
 
     def evaluator(self, model: EmbeddingNet) -> Callable[[], dict[str, float]]:
         """Retrieval metrics of ``model`` on the test classes (query vs rest, or vs gallery).
@@ -117,7 +133,7 @@ def readable(images: ImageDataset, embeddings: np.ndarray) -> tuple[np.ndarray, 
 
 def stage_done(stage_dir: Path) -> bool:
     """Whether the stage in ``stage_dir`` finished (its ``done.json`` is written last)."""
-    return (stage_dir / DONE_FILE).is_file()
+    return (stage_dir / layout.DONE).is_file()
 
 
 def stage_current(stage_dir: Path, fingerprint: dict[str, Any]) -> bool:
@@ -133,18 +149,19 @@ def stage_current(stage_dir: Path, fingerprint: dict[str, Any]) -> bool:
 
 
 def _stage_current(stage_dir: Path, fingerprint: dict[str, Any]) -> bool:
-    done = stage_dir / DONE_FILE
+    done = stage_dir / layout.DONE
+    checkpoint = stage_dir / layout.CHECKPOINT
     if done.is_file():
         try:
             differing = fingerprint_differences(read_json(done)["fingerprint"], fingerprint)
         except (json.JSONDecodeError, KeyError, TypeError):
-            differing = [DONE_FILE]
+            differing = [layout.DONE]
         if not differing:
             return True
         _start_over(stage_dir, differing)
-    elif (stage_dir / CHECKPOINT).is_file():
+    elif checkpoint.is_file():
         try:
-            saved = load_checkpoint(stage_dir / CHECKPOINT, TRAINING_STATE).get("fingerprint", {})
+            saved = load_checkpoint(checkpoint, TRAINING_STATE).get("fingerprint", {})
         except CheckpointError as exc:
             raise CheckpointError(f"{exc}; delete it to start the stage over") from None
         differing = fingerprint_differences(saved, fingerprint)
@@ -165,15 +182,21 @@ def _start_over(stage_dir: Path, differing: list[str]) -> None:
 
 def mark_done(stage_dir: Path, fingerprint: dict[str, Any], outputs: Iterable[str]) -> None:
     """Write ``done.json``: the stage's fingerprint and the digests of its ``outputs``."""
-    write_json(stage_dir / DONE_FILE, {"fingerprint": fingerprint,
-                                        "outputs": {name: file_digest(stage_dir / name) for name in outputs}})
+    digests = {name: file_digest(stage_dir / name) for name in outputs}
+    write_json(stage_dir / layout.DONE, {"fingerprint": fingerprint, "outputs": digests})
+
+
+def stage_outputs(stage_dir: Path) -> dict[str, str] | None:
+    """``{file name: SHA-256}`` of what the finished stage in ``stage_dir`` wrote (None: unfinished)."""
+    return read_json(stage_dir / layout.DONE)["outputs"] if stage_done(stage_dir) else None
 
 
 def output_digest(stage_dir: Path, name: str) -> str:
     """The SHA-256 of output ``name`` of the finished stage in ``stage_dir``, as it recorded it."""
-    if not stage_done(stage_dir):
+    outputs = stage_outputs(stage_dir)
+    if outputs is None:
         raise CheckpointError(f"{stage_dir}: the stage has not finished, so it has no {name}")
-    return read_json(stage_dir / DONE_FILE)["outputs"][name]
+    return outputs[name]
 
 
 def file_digest(path: Path) -> str:
@@ -185,18 +208,22 @@ def file_digest(path: Path) -> str:
 
 
 def finish_stage(ctx: RunContext, stage_dir: Path, model: EmbeddingNet, metrics: dict,
-                 fingerprint: dict[str, Any]) -> dict:
-    """Write the stage's model and metrics, then ``done.json``, which marks the stage as done.
+                 fingerprint: dict[str, Any], extra: dict[str, Callable[[Path], Any]] | None = None) -> dict:
+    """Write the stage's model, its ``extra`` outputs (``{file name: write(path)}``) and metrics,
+    then ``done.json``, which marks the stage as done and lists the model and the extras.
 
     Under ``torchrun`` rank 0 writes them (and has the metrics); the others wait and read them.
     """
+    extra = extra or {}
     if distributed.is_main():
-        save_embedder(stage_dir / MODEL_FILE, model, ctx.config.model, ctx.config.data)
-        write_json(stage_dir / METRICS_FILE, metrics)
-        mark_done(stage_dir, fingerprint, [MODEL_FILE])
+        save_embedder(stage_dir / layout.MODEL, model, ctx.config.model, ctx.config.data)
+        for name, write in extra.items():
+            write(stage_dir / name)
+        write_json(stage_dir / layout.STAGE_METRICS, metrics)
+        mark_done(stage_dir, fingerprint, [layout.MODEL, *extra])
     distributed.barrier()
     return metrics if distributed.is_main() else stage_metrics(stage_dir)
 
 
 def stage_metrics(stage_dir: Path) -> dict:
-    return read_json(stage_dir / METRICS_FILE)
+    return read_json(stage_dir / layout.STAGE_METRICS)

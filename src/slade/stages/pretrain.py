@@ -13,21 +13,23 @@ from typing import Any
 import torch
 from torch import nn
 
+from slade import run_layout as layout
 from slade.config import DataConfig, PretrainConfig
 from slade.data.batches import RandomBatches, batch_loader
 from slade.data.datasets import UnlabeledUnion
 from slade.data.transforms import MultiCrop
 from slade.engine import distributed
+from slade.engine.stage import TrainingStage
 from slade.engine.trainer import fit
 from slade.models.embedder import EmbeddingNet
 from slade.ssl.swav import ProjectionQueue, SwAVLoss, SwAVProjectionHead, SwAVPrototypes
 from slade.stages.common import RunContext, finish_stage, stage_current, stage_metrics
 
 
-class SwAVStage:
+class SwAVStage(TrainingStage):
     """Multi-crop swapped prediction over the union of the labeled and unlabeled images."""
 
-    name = "pretrain"
+    name = layout.PRETRAIN
 
     def __init__(self, model: EmbeddingNet, images: UnlabeledUnion, config: PretrainConfig,
                  data: DataConfig, seed: int) -> None:
@@ -85,13 +87,10 @@ class SwAVStage:
     def after_backward(self, step: int) -> None:
         self.prototypes.cancel_gradients(step)
 
-    def log_values(self) -> dict[str, float]:
-        return {}
-
 
 def run_pretrain(ctx: RunContext) -> dict:
     """Train the backbone with SwAV and evaluate the resulting (initial) embedding."""
-    out = ctx.stage_dir("pretrain")
+    out = ctx.stage_dir(layout.PRETRAIN)
     fingerprint = ctx.fingerprint("pretrain")
     if stage_current(out, fingerprint):
         return stage_metrics(out)

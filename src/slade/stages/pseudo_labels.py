@@ -1,7 +1,8 @@
 """Stage 2: pseudo labels — the teacher embeds the unlabeled pool, faiss k-means clusters it.
 
-Writes to the round's folder: ``embeddings.npy`` (the teacher's embeddings of the pool),
-``pseudo_labels.csv`` (index, source, pseudo label, distance to the centroid) and
+Round 1 pseudo-labels with the teacher, round r > 1 with the student of round r - 1. Writes to the
+round's folder (``pseudo_labels``, ``pseudo_labels_round2``...): ``embeddings.npy`` (the teacher's
+embeddings of the pool), ``pseudo_labels.csv`` (index, source, pseudo label, distance to the centroid) and
 ``clusters.json`` (cluster-size statistics; purity and NMI where the pool has hidden labels), and
 ``done.json`` last (see ``stages/common.py``).
 """
@@ -18,14 +19,11 @@ import faiss
 import numpy as np
 from sklearn.metrics import normalized_mutual_info_score
 
+from slade import run_layout as layout
 from slade.engine import distributed
 from slade.errors import DataError
 from slade.io import atomic_write, read_json, write_json, write_text
-from slade.stages.common import MODEL_FILE, RunContext, mark_done, output_digest, stage_current
-
-TABLE = "pseudo_labels.csv"
-STATS = "clusters.json"
-EMBEDDINGS = "embeddings.npy"
+from slade.stages.common import RunContext, mark_done, output_digest, stage_current
 
 
 @dataclass
@@ -92,6 +90,12 @@ def cluster_statistics(labels: np.ndarray, k: int, hidden: np.ndarray | None) ->
     return stats
 
 
+def run_pseudo_label_round(ctx: RunContext, round_index: int) -> None:
+    """Stage 2 of round ``round_index``; it evaluates no model, so it adds nothing to metrics.json
+    (its statistics are its student's ``pseudo_labels``)."""
+    run_pseudo_labels(ctx, layout.teacher_of(round_index), ctx.stage_dir(layout.pseudo_labels(round_index)))
+
+
 def run_pseudo_labels(ctx: RunContext, teacher: str, out: Path) -> PseudoLabels:
     """Embed the pool with the model of stage ``teacher`` and cluster it (skipped when done).
 
@@ -101,13 +105,13 @@ def run_pseudo_labels(ctx: RunContext, teacher: str, out: Path) -> PseudoLabels:
     """
     pool = ctx.data.unlabeled
     sources = hashlib.sha256("\n".join(pool.image_set.sources).encode()).hexdigest()
-    fingerprint = ctx.fingerprint("pseudo_labels", teacher=output_digest(ctx.stage_dir(teacher), MODEL_FILE),
-                                  pool=sources)
+    teacher_model = output_digest(ctx.stage_dir(teacher), layout.MODEL)
+    fingerprint = ctx.fingerprint("pseudo_labels", teacher=teacher_model, pool=sources)
     if stage_current(out, fingerprint):
-        return PseudoLabels.read(out / TABLE)
+        return PseudoLabels.read(out / layout.TABLE)
     _make_pseudo_labels(ctx, teacher, out, fingerprint)
     distributed.barrier()
-    return PseudoLabels.read(out / TABLE)
+    return PseudoLabels.read(out / layout.TABLE)
 
 
 def _make_pseudo_labels(ctx: RunContext, teacher: str, out: Path, fingerprint: dict) -> None:
@@ -128,8 +132,8 @@ def _make_pseudo_labels(ctx: RunContext, teacher: str, out: Path, fingerprint: d
     if not distributed.is_main():
         ctx.embed(model, pool)
         return
-    atomic_write(out / EMBEDDINGS, write_embeddings)
-    embeddings = np.load(out / EMBEDDINGS, mmap_mode="r")
+    atomic_write(out / layout.EMBEDDINGS, write_embeddings)
+    embeddings = np.load(out / layout.EMBEDDINGS, mmap_mode="r")
     good = np.setdiff1d(np.arange(len(pool)), pool.unreadable())
     found, found_distances, _ = kmeans(embeddings[good], cfg.clusters, cfg.iterations, ctx.config.seed,
                                        cfg.redo, gpu=ctx.device.type == "cuda" and faiss.get_num_gpus() > 0)
@@ -139,10 +143,10 @@ def _make_pseudo_labels(ctx: RunContext, teacher: str, out: Path, fingerprint: d
     hidden = pool.labels[good] if pool.image_set.has_labels else None
     stats = cluster_statistics(found, cfg.clusters, hidden) | {"teacher": teacher,
                                                                "unreadable": len(pool) - len(good)}
-    PseudoLabels(labels, distances, pool.image_set.sources).write(out / TABLE)
-    write_json(out / STATS, stats)
-    mark_done(out, fingerprint, [TABLE])
+    PseudoLabels(labels, distances, pool.image_set.sources).write(out / layout.TABLE)
+    write_json(out / layout.CLUSTERS, stats)
+    mark_done(out, fingerprint, [layout.TABLE])
 
 
 def read_statistics(out: Path) -> dict:
-    return read_json(out / STATS)
+    return read_json(out / layout.CLUSTERS)

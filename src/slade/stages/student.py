@@ -17,10 +17,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from slade.basis.confident_pairs import ConfidentPairMiner, intersect_pairs
+from slade import run_layout as layout
 from slade.basis.feature_basis import (
     FeatureBasis,
     pair_statistics,
+    save_basis,
     similarity_distribution_loss,
 )
 from slade.config import DataConfig, StudentConfig
@@ -30,12 +31,13 @@ from slade.data.batches import MPerClassBatches, RandomBatches, batch_loader
 from slade.data.datasets import ImageDataset
 from slade.data.transforms import train_transform
 from slade.engine import distributed
+from slade.engine.stage import TrainingStage
 from slade.engine.trainer import fit
 from slade.errors import ConfigError, DataError
 from slade.losses import make_loss, make_miner
+from slade.mining import MININGS, MiningInputs, pair_counts, unlabeled_miner
 from slade.models.embedder import EmbeddingNet
 from slade.stages.common import (
-    MODEL_FILE,
     RunContext,
     finish_stage,
     output_digest,
@@ -43,7 +45,7 @@ from slade.stages.common import (
     stage_done,
     stage_metrics,
 )
-from slade.stages.pseudo_labels import EMBEDDINGS, TABLE, read_statistics, run_pseudo_labels
+from slade.stages.pseudo_labels import PseudoLabels, read_statistics
 
 log = logging.getLogger("slade")
 
@@ -51,14 +53,12 @@ log = logging.getLogger("slade")
 STARVED_STEPS = 50
 
 
-class StudentStage:
-    """SLADE's student objective, and its ablations (``mining``)."""
-
-    name = "student"
+class StudentStage(TrainingStage):
+    """SLADE's student objective, and its ablations (``student.mining``, ``mining.py``)."""
 
     def __init__(self, model: EmbeddingNet, labeled: ImageDataset, unlabeled: ImageDataset,
                  pseudo_labels: np.ndarray, config: StudentConfig, data: DataConfig, seed: int,
-                 name: str = "student", context: ContextualSimilarity | None = None) -> None:
+                 name: str = layout.STUDENT, context: ContextualSimilarity | None = None) -> None:
         self.name = name
         self.model, self.config = model, config
         self.labeled, self.unlabeled = labeled, unlabeled
@@ -67,29 +67,23 @@ class StudentStage:
         self.loss = make_loss(config.loss, config.loss_args, "student.loss",
                               num_classes=num_classes, embedding_size=model.embedding_dim)
         self.miner = make_miner(config.miner, config.miner_args, "student.miner")
-        self.uses_basis = config.mining not in ("all_pairs", "contextual")
         size = config.basis_size or num_classes
         if size < num_classes:
             raise ConfigError(f"student.basis_size={size}: needs at least one basis vector per "
                               f"labeled class ({num_classes})")
+        # Made whatever the mining, so that checkpoints and the random stream are alike.
         self.basis = FeatureBasis(model.embedding_dim, size, config.basis_scale, config.momentum,
                                   normalise=config.basis_normalise)
-        self.contextual = None
-        if config.mining == "contextual":
-            if context is None:
-                raise ConfigError("student.mining=contextual: no contextual similarity of the pool given")
-            self.contextual = ContextualPairMiner(context, pseudo_labels, config.context_threshold)
-        self.confident = ConfidentPairMiner(self.basis, config.mining != "thresholds_only",
-                                            lenient=config.mining == "lenient")
-        if config.mine_hard and not (self.uses_basis and self.miner):
-            raise ConfigError("student.mine_hard needs student.miner and a mining that uses the "
-                              f"basis (student.mining={config.mining})")
+        self.mining = MININGS[config.mining]
+        self.trains_basis = self.mining.trains_basis
+        self.unlabeled_miner = unlabeled_miner(config.mining, config.mine_hard, MiningInputs(
+            self.basis, self.miner, context, pseudo_labels, config.context_threshold))
         self.labeled_batches = MPerClassBatches(labeled.labels, config.m_per_class,
                                                 config.batch_size, seed, stream=2)
         self.unlabeled_batches = _pseudo_label_batches(pseudo_labels, config, seed)
         self.transform = train_transform(data.augmentation, data.image_size, data.channels)
         self.images_per_step = config.batch_size + config.unlabeled_batch_size
-        self.warmup = config.basis_warmup_steps if self.uses_basis else 0
+        self.warmup = config.basis_warmup_steps if self.trains_basis else 0
         self.last: dict[str, float] = {}
         self.starved = 0
 
@@ -100,7 +94,7 @@ class StudentStage:
         groups = [{"params": list(self.model.parameters()), "start_step": self.warmup}]
         if any(True for _ in self.loss.parameters()):
             groups.append({"params": list(self.loss.parameters()), "start_step": self.warmup})
-        if self.uses_basis:
+        if self.trains_basis:
             groups.append({"params": list(self.basis.parameters()),
                            "lr_scale": self.config.basis_lr / self.config.lr})
         return groups
@@ -123,51 +117,46 @@ class StudentStage:
         # (Eqs. 4-6) and the Gaussians' update are those of one process.
         z_l, z_u = distributed.gather(z[: len(x_l)]), distributed.gather(z[len(x_l):])
         y_l, y_u, idx_u = distributed.gather(y_l), distributed.gather(y_u), distributed.gather(idx_u)
-        terms: dict[str, torch.Tensor] = {}
-        if self.uses_basis:
-            terms["basis_ce"] = self.basis.classification_loss(z_l, y_l)           # Eq. 3
-            stats = pair_statistics(self.basis.similarity(z_u), y_u)             # Eqs. 4-5
-            terms["basis_sd"] = similarity_distribution_loss(
-                self.basis.blend(stats) if self.config.sd_gaussians == "momentum" else stats,
-                self.config.sd_margin, self.config.sd_variance_weight)
-            self.basis.update_gaussians(stats)                                   # Eq. 6
+        terms = self._basis_terms(z_l, y_l, z_u, y_u)
         if warming_up:
             terms["loss"] = terms["basis_ce"] + terms["basis_sd"]
             self.last = self.basis.gaussians()
             return terms
         terms["rank_labeled"] = self.loss(z_l, y_l, self.miner(z_l, y_l) if self.miner else None)
-        if self.uses_basis:
-            pairs = self.confident(z_u, y_u)                                     # Eq. 7
-            if self.config.mine_hard:
-                pairs = intersect_pairs(pairs, self.miner(z_u, y_u), len(z_u))
-            self._watch_starvation(pairs, step)
-        elif self.contextual is not None:
-            pairs = self.contextual(z_u, idx_u)
-            if self.miner:
-                pairs = intersect_pairs(pairs, self.miner(z_u, y_u), len(z_u))
-            self._watch_starvation(pairs, step)
-        else:
-            pairs = self.miner(z_u, y_u) if self.miner else None
+        # Eq. 7, its ablations, or ours; the contextual miner looks the batch up by pool index.
+        pairs = (self.unlabeled_miner(z_u, idx_u if self.mining.by_index else y_u)
+                 if self.unlabeled_miner else None)
         terms["rank_unlabeled"] = self.loss(z_u, y_u, pairs)
         total = terms["rank_labeled"] + self.config.lambda1 * terms["rank_unlabeled"]
-        if self.uses_basis:
+        if self.mining.filters:
+            self._watch_starvation(pairs, step)
+        if self.trains_basis:
             total = total + self.config.lambda2 * (terms["basis_ce"] + terms["basis_sd"])  # Eq. 9
         terms["loss"] = total
-        self.last = {"pos_pairs": float(len(pairs[0])), "neg_pairs": float(len(pairs[2]))} if pairs else {}
-        if self.uses_basis:
-            self.last |= self.basis.gaussians()
-        if self.contextual is not None and self.contextual.last_similarity is not None:
-            kept = self.contextual.last_similarity >= self.config.context_threshold
-            self.last["context_kept"] = float(kept.float().mean()) if kept.numel() else 0.0
+        self.last = pair_counts(pairs) | (self.basis.gaussians() if self.trains_basis else {})
+        if isinstance(self.unlabeled_miner, ContextualPairMiner):
+            self.last["context_kept"] = self.unlabeled_miner.kept_share()
         return terms
+
+    def _basis_terms(self, z_l: torch.Tensor, y_l: torch.Tensor, z_u: torch.Tensor,
+                     y_u: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The feature basis's loss terms, and its Gaussians' update; none for the naive student."""
+        if not self.trains_basis:
+            return {}
+        ce = self.basis.classification_loss(z_l, y_l)                            # Eq. 3
+        stats = pair_statistics(self.basis.similarity(z_u), y_u)                 # Eqs. 4-5
+        sd = similarity_distribution_loss(self.basis.blend(stats) if self.config.sd_gaussians == "momentum"
+                                          else stats, self.config.sd_margin, self.config.sd_variance_weight)
+        self.basis.update_gaussians(stats)                                       # Eq. 6
+        return {"basis_ce": ce, "basis_sd": sd}
 
     def _watch_starvation(self, pairs: tuple, step: int) -> None:
         if len(pairs[0]) and len(pairs[2]):
             self.starved = 0
             return
         self.starved += 1
-        if self.starved == STARVED_STEPS and self.contextual is not None:
-            sim = self.contextual.last_similarity
+        if self.starved == STARVED_STEPS and isinstance(self.unlabeled_miner, ContextualPairMiner):
+            sim = self.unlabeled_miner.last_similarity
             log.warning(
                 "%s step %d: %d steps in a row without contextual positive and negative pairs "
                 "(last: %d positive, %d negative; same-cluster contextual similarity mean %.3f, max "
@@ -227,31 +216,29 @@ class _Subset:
 
 
 def run_student_round(ctx: RunContext, round_index: int) -> dict:
-    """Pseudo-label the pool with the current teacher, then train and evaluate a student."""
-    from slade.pipeline import student_name
-
-    name = student_name(round_index)
+    """Train and evaluate the student of round ``round_index`` on its round's pseudo labels."""
+    name, labels_dir = layout.student(round_index), ctx.stage_dir(layout.pseudo_labels(round_index))
     out = ctx.stage_dir(name)
-    teacher = "teacher" if round_index == 1 else student_name(round_index - 1)
-    labels_dir = ctx.stage_dir(student_name(round_index, "pseudo_labels"))
     cfg = ctx.config.student
-    init = teacher if cfg.init == "teacher" else "pretrain"
+    init = layout.teacher_of(round_index) if cfg.init == "teacher" else layout.PRETRAIN
     if not stage_done(ctx.stage_dir(init)):
         raise ConfigError(f"student.init={cfg.init}: stage {init} has no model in {ctx.run_dir}")
-    pseudo = run_pseudo_labels(ctx, teacher, labels_dir)
     fingerprint = ctx.fingerprint("student", round=round_index,
-                                  init=output_digest(ctx.stage_dir(init), MODEL_FILE),
-                                  pseudo_labels=output_digest(labels_dir, TABLE))
+                                  init=output_digest(ctx.stage_dir(init), layout.MODEL),
+                                  pseudo_labels=output_digest(labels_dir, layout.TABLE))
     if stage_current(out, fingerprint):
         return stage_metrics(out)
+    pseudo = PseudoLabels.read(labels_dir / layout.TABLE)
     model = ctx.load_model(init)
     torch.manual_seed(ctx.config.seed + round_index)  # the basis, whatever ran before in this process
     context = None
     if cfg.mining == "contextual":  # neighbourhoods of the teacher's embeddings of the pool
-        context = k_reciprocal_encoding(np.load(labels_dir / EMBEDDINGS), cfg.context_k, cfg.context_k2)
+        pool = np.load(labels_dir / layout.EMBEDDINGS)
+        context = k_reciprocal_encoding(pool, cfg.context_k, cfg.context_k2)
     stage = StudentStage(model, ctx.data.labeled, ctx.data.unlabeled, pseudo.labels, cfg,
                          ctx.config.data, ctx.config.seed + round_index, name, context)
     result = fit(stage, cfg, out, ctx.device, ctx.evaluator(model), fingerprint)
     metrics = {**result.final_metrics, "train_seconds": round(result.seconds, 1), "init": init,
                "pseudo_labels": read_statistics(labels_dir)}
-    return finish_stage(ctx, out, model, metrics, fingerprint)
+    return finish_stage(ctx, out, model, metrics, fingerprint,
+                        extra={layout.BASIS: lambda path: save_basis(path, stage.basis)})

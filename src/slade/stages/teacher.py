@@ -8,28 +8,23 @@ from typing import Any
 import torch
 from torch import nn
 
+from slade import run_layout as layout
 from slade.config import DataConfig, TeacherConfig
 from slade.data.batches import MPerClassBatches, batch_loader
 from slade.data.datasets import ImageDataset
 from slade.data.transforms import train_transform
 from slade.engine import distributed
+from slade.engine.stage import TrainingStage
 from slade.engine.trainer import fit
 from slade.losses import make_loss, make_miner
 from slade.models.embedder import EmbeddingNet
-from slade.stages.common import (
-    MODEL_FILE,
-    RunContext,
-    finish_stage,
-    output_digest,
-    stage_current,
-    stage_metrics,
-)
+from slade.stages.common import RunContext, finish_stage, output_digest, stage_current, stage_metrics
 
 
-class RankingStage:
+class RankingStage(TrainingStage):
     """Metric learning on labeled images: m-per-class batches, a PML miner and loss."""
 
-    name = "teacher"
+    name = layout.TEACHER
 
     def __init__(self, model: EmbeddingNet, labeled: ImageDataset, config: TeacherConfig,
                  data: DataConfig, seed: int) -> None:
@@ -62,20 +57,17 @@ class RankingStage:
         pairs = self.miner(z, y) if self.miner is not None else None
         return {"loss": self.loss(z, y, pairs)}
 
-    def log_values(self) -> dict[str, float]:
-        return {}
-
 
 def run_teacher(ctx: RunContext) -> dict:
     """Train the teacher from the stage-0 weights (or from scratch) and evaluate it."""
-    out = ctx.stage_dir("teacher")
+    out = ctx.stage_dir(layout.TEACHER)
     cfg = ctx.config.teacher
     from_pretrain = cfg.init == "pretrain" and ctx.config.pretrain.enabled
-    init = output_digest(ctx.stage_dir("pretrain"), MODEL_FILE) if from_pretrain else "random"
+    init = output_digest(ctx.stage_dir(layout.PRETRAIN), layout.MODEL) if from_pretrain else "random"
     fingerprint = ctx.fingerprint("teacher", init=init)
     if stage_current(out, fingerprint):
         return stage_metrics(out)
-    model = ctx.load_model("pretrain") if from_pretrain else ctx.new_model()
+    model = ctx.load_model(layout.PRETRAIN) if from_pretrain else ctx.new_model()
     torch.manual_seed(ctx.config.seed)  # the loss's own parameters, if any, whatever ran before
     stage = RankingStage(model, ctx.data.labeled, cfg, ctx.config.data, ctx.config.seed)
     result = fit(stage, cfg, out, ctx.device, ctx.evaluator(model), fingerprint)

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from slade.data.folders import _folder, read_class_folders
+from slade.data.folders import data_root, read_class_folders
 from slade.data.paper.layout import class_split, listed_path, require_files
 from slade.data.records import ImageSet
 from slade.errors import DataError
@@ -41,7 +41,7 @@ def read_cars(root: str | Path) -> tuple[ImageSet, ImageSet]:
             :class:`~slade.data.paper.layout.MissingFiles` naming the annotation of each image not
             on disk.
     """
-    base = _folder(root)
+    base = data_root(root)
     if (base / DEVKIT).is_file():
         items, names = _devkit(base / DEVKIT)
     elif (base / "car_ims").is_dir():

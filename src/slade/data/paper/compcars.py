@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from slade.data.folders import _image_set, _images_under
+from slade.data.folders import images_under, make_image_set
 from slade.data.paper.layout import official_root
 from slade.data.records import ImageSet
 from slade.errors import DataError
@@ -35,10 +35,10 @@ def read_compcars(root: str | Path, keep_labels: bool = False) -> ImageSet:
     """
     image_dir = official_root(root, "image", "data", LAYOUT) / "image"
     items = []
-    for path in _images_under(image_dir):
+    for path in images_under(image_dir):
         parts = path.relative_to(image_dir).parts
         if len(parts) == 4:
             items.append((str(path), f"{parts[0]}/{parts[1]}" if keep_labels else None))
     if not items:
         raise DataError(f"{image_dir}: no images found (expected {LAYOUT})")
-    return _image_set(items, False, "compcars", "compcars")
+    return make_image_set(items, False, "compcars", "compcars")

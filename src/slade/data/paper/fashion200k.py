@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from slade.data.folders import _image_set
+from slade.data.folders import make_image_set
 from slade.data.paper.layout import listed_path, official_root, read_rows, require_files
 from slade.data.records import ImageSet
 from slade.errors import DataError
@@ -50,4 +50,4 @@ def read_fashion200k(root: str | Path, keep_labels: bool = False) -> ImageSet:
             listed.setdefault(image, row.where)
     require_files(listed.items())
     items = [(str(p), str(p.parent.relative_to(base)) if keep_labels else None) for p in listed]
-    return _image_set(items, False, "fashion200k", "fashion200k")
+    return make_image_set(items, False, "fashion200k", "fashion200k")

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from slade.data.folders import _folder
+from slade.data.folders import data_root
 from slade.data.paper.layout import integer, listed_path, read_rows, require_files
 from slade.data.records import ImageRecord, ImageSet
 from slade.errors import DataError
@@ -40,7 +40,7 @@ def read_inshop(root: str | Path) -> tuple[ImageSet, ImageSet, ImageSet]:
             :class:`~slade.data.paper.layout.MissingFiles` naming the line of each image not on
             disk.
     """
-    base = _folder(root)
+    base = data_root(root)
     lists = [base / PARTITION, base / "Eval" / PARTITION]
     partition = next((p for p in lists if p.is_file()), None)
     if partition is None:

@@ -7,7 +7,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from slade.data.folders import _folder
+from slade.data.folders import data_root
 from slade.data.records import ImageRecord, ImageSet
 from slade.errors import DataError
 
@@ -36,7 +36,7 @@ def official_root(root: str | Path, marker: str, folder: str, layout: str) -> Pa
     Raises:
         DataError: naming ``root`` and the layout expected when neither holds ``marker``.
     """
-    base = _folder(root)
+    base = data_root(root)
     for candidate in (base, base / folder):
         if (candidate / marker).exists():
             return candidate
