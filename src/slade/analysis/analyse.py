@@ -339,7 +339,8 @@ def _basis_figure(student_dir: Path, config: Config, pseudo, unlabeled: ImageDat
     if layout.BASIS not in (stage_outputs(student_dir) or {}):
         notes.append(f"{name}: no basis histogram: this stage was finished by a slade that kept its basis "
                      f"only in its training state; delete {name}/{layout.DONE} and rerun `slade run` to "
-                     f"write {name}/{layout.BASIS} (it resumes from its last checkpoint, no training).")
+                     f"write {name}/{layout.BASIS} (the stage finishes again from its last checkpoint "
+                     "without training; the stages after it are redone).")
         return None
     try:
         basis = load_basis(student_dir / layout.BASIS)
