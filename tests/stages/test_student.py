@@ -81,19 +81,24 @@ def test_steps_without_confident_pairs_are_warned_about_with_the_figures(caplog)
     assert "the unlabeled term is not training" in message
 
 
-def test_contextual_mining_keeps_same_label_pairs_whose_neighbourhoods_agree():
+def contextual_student(threshold: float):
+    """A contextual student over random pool embeddings; pseudo label = index % 8."""
     from slade.context.neighbourhood import k_reciprocal_encoding
 
     config = load_config(None, SMALL + ["student.mining=contextual", "student.miner=",
-                                        "student.context_threshold=0.2"])
+                                        f"student.context_threshold={threshold}"])
     data = prepare(build_splits(config.data, config.seed), config.data)
     torch.manual_seed(0)
     model = create_embedder(config.model, config.data.channels)
     pseudo_labels = np.arange(len(data.unlabeled)) % 8
     pool = torch.nn.functional.normalize(torch.randn(len(data.unlabeled), 16), dim=1).numpy()
     context = k_reciprocal_encoding(pool, k=6, k2=2)
-    stage = StudentStage(model, data.labeled, data.unlabeled, pseudo_labels, config.student,
-                         config.data, seed=0, context=context)
+    return StudentStage(model, data.labeled, data.unlabeled, pseudo_labels, config.student,
+                        config.data, seed=0, context=context), context, pseudo_labels
+
+
+def test_contextual_mining_keeps_same_label_pairs_whose_neighbourhoods_agree():
+    stage, context, pseudo_labels = contextual_student(0.2)
     assert not stage.trains_basis and set(stage.modules()["basis"].state_dict())  # kept, untrained
     calls = []
     loss = stage.loss
@@ -121,16 +126,7 @@ def test_contextual_mining_keeps_same_label_pairs_whose_neighbourhoods_agree():
 def test_contextual_mining_needs_the_pool_context_and_warns_when_starved(caplog):
     with pytest.raises(ConfigError, match="student.mining=contextual: no contextual similarity"):
         student("student.mining=contextual")
-    from slade.context.neighbourhood import k_reciprocal_encoding
-
-    config = load_config(None, SMALL + ["student.mining=contextual", "student.miner=",
-                                        "student.context_threshold=2"])
-    data = prepare(build_splits(config.data, config.seed), config.data)
-    model = create_embedder(config.model, config.data.channels)
-    pool = torch.nn.functional.normalize(torch.randn(len(data.unlabeled), 16), dim=1).numpy()
-    stage = StudentStage(model, data.labeled, data.unlabeled, np.arange(len(data.unlabeled)) % 8,
-                         config.student, config.data, seed=0,
-                         context=k_reciprocal_encoding(pool, k=6, k2=2))
+    stage, _, _ = contextual_student(2)
     batch = next(stage.batches(0))
     with caplog.at_level("WARNING", logger="slade"):
         for step in range(50):
