@@ -27,6 +27,8 @@ _API = {
     "analyse_run": "slade.analysis",
     "FeatureBasis": "slade.basis.feature_basis",
     "ConfidentPairMiner": "slade.basis.confident_pairs",
+    "k_reciprocal_encoding": "slade.context.neighbourhood",
+    "ContextualPairMiner": "slade.context.miner",
 }
 __all__ = list(_API)
 
