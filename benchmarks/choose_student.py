@@ -54,6 +54,8 @@ CANDIDATES = {
     "naive": ("naive", ["student.mining=all_pairs", NO_MINER]),
     "naive_mined": ("naive", ["student.mining=all_pairs"]),
     "contextual": ("contextual", ["student.mining=contextual", NO_MINER]),
+    "contextual_t0.05": ("contextual", ["student.mining=contextual", NO_MINER,
+                                        "student.context_threshold=0.05"]),
     "slade_plain_basis": ("slade", ["student.basis_normalise=false", "student.basis_scale=1",
                                     "student.lambda2=0.25"]),
     "slade_sd_momentum": ("slade", ["student.sd_gaussians=momentum"]),
@@ -63,12 +65,27 @@ CANDIDATES = {
 }
 
 
+def finished(root: Path, names: list[str]) -> dict:
+    """``--report-only``: the metrics of the students of one seed that have finished."""
+    result = {}
+    for name in ["slade", *names]:
+        path = root / name / "metrics.json"
+        metrics = json.loads(path.read_text()) if path.is_file() else {}
+        if "teacher" in metrics and "teacher" not in result:
+            result["teacher"] = metrics["teacher"]
+        if "student" in metrics:
+            result[name] = metrics["student"] | student_diagnostics(root / name)
+    return result
+
+
 def train_seed(args, phase: str, seed: int, names: list[str]) -> dict:
     """The teacher (in the ``slade`` run) and each named student of one seed; their metrics."""
     base = [f"seed={seed}", f"data.pool={args.pool}", "analysis.enabled=false", *args.set]
     if phase == "validation":
         base += VALIDATION[args.config]
     root = args.out / phase / args.pool / f"seed{seed}"
+    if args.report_only:
+        return {"seed": seed, **finished(root, names)}
     first = slade_run(root / "slade", args.config, base + CANDIDATES["slade"][1], None, args.threads)
     result = {"seed": seed, "teacher": first["teacher"], "slade": first["student"]
               | student_diagnostics(root / "slade")}
@@ -89,6 +106,8 @@ def score(results: list[dict], name: str) -> tuple[float, float]:
 
 
 def choose(results: list[dict], names: list[str]) -> dict[str, str]:
+    """The best of each family and overall, among the candidates every seed has finished."""
+    names = [n for n in names if all(n in r for r in results)]
     best = {}
     for family in ("naive", "slade", "contextual"):
         members = [n for n in names if CANDIDATES[n][0] == family]
@@ -99,17 +118,21 @@ def choose(results: list[dict], names: list[str]) -> dict[str, str]:
 
 
 def table(results: list[dict], names: list[str], best: dict[str, str] | None = None) -> list[str]:
-    lines = ["| model | family | " + " | ".join(METRICS) + " | pos / neg pairs per step |",
-             "|---" * (len(METRICS) + 3) + "|"]
+    lines = ["| model | family | seeds | " + " | ".join(METRICS) + " | pos / neg pairs per step |",
+             "|---" * (len(METRICS) + 4) + "|"]
     for name in ["teacher", *names]:
+        done = [r for r in results if name in r]
+        if not done:
+            continue
         family = "–" if name == "teacher" else CANDIDATES[name][0]
         mark = " **(chosen)**" if best and name == best.get("overall") else ""
         pairs = "–"
-        if name != "teacher" and all("pos_pairs" in r[name] for r in results):
-            pairs = (f"{np.mean([r[name]['pos_pairs'] for r in results]):.0f} / "
-                     f"{np.mean([r[name]['neg_pairs'] for r in results]):.0f}")
-        lines.append(f"| `{name}`{mark} | {family} | " + " | ".join(
-            mean_std([r[name][m] for r in results]) for m in METRICS) + f" | {pairs} |")
+        if name != "teacher" and all("pos_pairs" in r[name] for r in done):
+            pairs = (f"{np.mean([r[name]['pos_pairs'] for r in done]):.0f} / "
+                     f"{np.mean([r[name]['neg_pairs'] for r in done]):.0f}")
+        seeds = ", ".join(str(r["seed"]) for r in done)
+        lines.append(f"| `{name}`{mark} | {family} | {seeds} | " + " | ".join(
+            mean_std([r[name][m] for r in done]) for m in METRICS) + f" | {pairs} |")
     return lines
 
 
@@ -125,13 +148,16 @@ def main() -> None:
     parser.add_argument("--table", type=Path, help="write the markdown here too")
     parser.add_argument("--jobs", type=int, default=1, help="seeds trained side by side")
     parser.add_argument("--threads", type=int, default=0, help="torch threads per run (0: cores / jobs)")
+    parser.add_argument("--report-only", action="store_true",
+                        help="tables of the finished runs (each candidate over the seeds it has)")
     args = parser.parse_args()
     args.threads = args.threads or max(1, (os.cpu_count() or 1) // args.jobs)
     started = time.perf_counter()
     names = list(args.candidates)
     with ThreadPoolExecutor(args.jobs) as executor:
         valid = list(executor.map(lambda s: train_seed(args, "validation", s, names), args.seeds))
-    best = choose(valid, names)
+    complete = all(n in r for r in valid for n in names)
+    best = choose(valid, names) if complete else {}  # a choice needs every candidate on every seed
     text = [f"# Choosing the student on validation: `{args.config}`, pool `{args.pool}`", "",
             f"Command: `{' '.join([Path(sys.executable).name, *sys.argv])}`  ",
             f"Machine: {platform.machine()}, {os.cpu_count()} CPU cores, {args.jobs} run(s) side by side "
@@ -140,9 +166,16 @@ def main() -> None:
             f"seeds {', '.join(map(str, args.seeds))}", "",
             "Every student of a seed starts from the same teacher and pseudo labels; mean ± sample std "
             "over seeds.", "", *table(valid, names, best), "",
-            "Chosen by mean validation MAP@R (Recall@1 breaks ties): " + ", ".join(
-                f"best {family} `{name}`" for family, name in best.items()), ""]
-    if args.phase == "both":
+            ("Chosen by mean validation MAP@R (Recall@1 breaks ties): " + ", ".join(
+                f"best {family} `{name}`" for family, name in best.items())) if best else
+            "**No choice made**: not every candidate has finished on every seed.", ""]
+    if args.report_only:
+        test_root = args.out / "test" / args.pool
+        test = [{"seed": s, **finished(test_root / f"seed{s}", names)} for s in args.seeds
+                if (test_root / f"seed{s}").is_dir()]
+        if test:
+            text += ["## Test classes, read once", "", *table(test, names, best), ""]
+    elif args.phase == "both":
         final = sorted({best["naive"], "slade", best["overall"]}, key=names.index)
         with ThreadPoolExecutor(args.jobs) as executor:
             test = list(executor.map(lambda s: train_seed(args, "test", s, final), args.seeds))
