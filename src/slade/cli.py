@@ -202,12 +202,14 @@ def tsne(
     from slade import run_layout as layout
     from slade.analysis import analyse_run
     from slade.analysis.analyse import read_run_config
+    from slade.engine.run_lock import RunLock
     from slade.pipeline import record_gap
 
     given = {"points": points, "perplexity": perplexity, "seed": seed}
     config = read_run_config(run_dir, [f"analysis.{k}={v}" for k, v in given.items() if v is not None])
-    gap = analyse_run(run_dir, config.analysis)
-    record_gap(run_dir, gap)
+    with RunLock(run_dir):  # one writer per run directory
+        gap = analyse_run(run_dir, config.analysis)
+        record_gap(run_dir, gap)
     console.print(_gap_table(gap))
     console.print(f"report: {run_dir / layout.REPORT}   figures: {run_dir / layout.ANALYSIS}")
 

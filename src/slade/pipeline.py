@@ -20,6 +20,7 @@ its slice of each global batch (``engine/distributed.py``); rank 0 alone writes 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Callable, Iterator
 from functools import partial
@@ -31,6 +32,7 @@ from slade.data.build import build_splits, prepare
 from slade.data.datasets import start_bad_image_report, write_bad_image_report
 from slade.engine import distributed
 from slade.engine.device import resolve_device
+from slade.engine.run_lock import RunLock
 from slade.errors import ConfigError, SladeError, TooManyBadImages
 from slade.io import read_json, remove_partial_writes, write_json, write_text
 from slade.stages.common import RunContext
@@ -69,7 +71,12 @@ def run(config: Config, run_dir: str | Path, until: str | None = None, force: bo
         raise ConfigError(f"--until: unknown stage {until!r} (stages: {', '.join(stage_names(config))})")
     run_dir = Path(run_dir)
     device = distributed.setup(resolve_device(config.device))  # joins torchrun's processes
-    main = distributed.is_main()  # the only process that writes files
+    main = distributed.is_main()  # the only process that writes files, and holds the lock
+    with RunLock(run_dir) if main else contextlib.nullcontext():
+        return _run(config, run_dir, until, force, device, main)
+
+
+def _run(config: Config, run_dir: Path, until: str | None, force: bool, device, main: bool) -> dict:
     if main:
         _check_run_dir(config, run_dir, force)
         run_dir.mkdir(parents=True, exist_ok=True)

@@ -4,6 +4,7 @@
     RUN/data.json                      image and class counts per split, dropped classes
     RUN/bad_images.csv                 unreadable images that were skipped (split, source, reason)
     RUN/metrics.json                   {stage: retrieval metrics, "gap": {embedding: domain gap}}
+    RUN/slade.lock                     the writer's OS file lock (host, PID, start time inside)
     RUN/<stage>/done.json              written last: the stage's fingerprint and output digests
     RUN/<stage>/checkpoint.pt          a training stage's full training state (the engine's own)
     RUN/<stage>/log.jsonl              every logged scalar of a training stage
@@ -27,6 +28,7 @@ BAD_IMAGES = "bad_images.csv"
 METRICS = "metrics.json"
 REPORT = "report.html"
 ANALYSIS = "analysis"
+LOCK = "slade.lock"  # held by the one process that writes the directory (engine/run_lock.py)
 
 # Stages.
 PRETRAIN = "pretrain"
