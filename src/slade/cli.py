@@ -270,8 +270,13 @@ def query_command(
 
 
 def main() -> None:
+    from slade.engine.preemption import PREEMPTED_EXIT, Preempted
+
     try:
         app()
+    except Preempted as exc:  # a checkpoint holds the step: rerunning resumes
+        console.print(f"stopped: {escape(str(exc))}", highlight=False, soft_wrap=True)
+        sys.exit(PREEMPTED_EXIT)
     except SladeError as exc:
         console.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False, soft_wrap=True)
         sys.exit(2)

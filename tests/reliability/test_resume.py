@@ -16,6 +16,7 @@ from slade import run_layout as layout
 from slade.cli import DEMO_CONFIG
 from slade.config import load_config
 from slade.engine.checkpoint import TRAINING_STATE, load_checkpoint, save_checkpoint
+from slade.engine.preemption import PREEMPTED_EXIT
 from slade.errors import ConfigError
 from slade.pipeline import run
 from slade.stages.common import stage_current, stage_done
@@ -30,8 +31,8 @@ TINY = [
 ]
 
 
-def slade_demo(out, kill_at):
-    env = {**os.environ, "SLADE_PROGRESS": "0", "SLADE_KILL_AT": kill_at}
+def slade_demo(out, kill_at, signal_name="KILL"):
+    env = {**os.environ, "SLADE_PROGRESS": "0", "SLADE_KILL_AT": kill_at, "SLADE_KILL_SIGNAL": signal_name}
     overrides = [arg for o in TINY for arg in ("--set", o)]
     command = [sys.executable, "-m", "slade", "demo", "--out", str(out), *overrides]
     return subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
@@ -150,3 +151,40 @@ def test_atomic_writes_get_the_usual_permissions(tmp_path):
     path = slade.io.write_json(tmp_path / layout.METRICS, {"a": 1})
     # As open() would create it (0644 under the usual umask 022), not mkstemp's private 0600.
     assert path.stat().st_mode & 0o777 == 0o666 & ~slade.io._UMASK
+
+
+def test_sigterm_finishes_the_step_checkpoints_and_exits_75_then_resumes_exactly(reference, tmp_path):
+    ref_dir, ref_metrics = reference
+    out = tmp_path / "run"
+    stopped = slade_demo(out, "student:3", signal_name="TERM")
+    assert stopped.returncode == PREEMPTED_EXIT, stopped.stderr
+    last = stopped.stderr.strip().splitlines()[-1]
+    assert last.startswith("stopped: student: stopped by SIGTERM after step 3; the checkpoint ")
+    assert "rerun the same command to resume" in last
+    # The step the signal arrived in was finished and checkpointed (checkpoint_every=2 would say 2).
+    assert load_checkpoint(out / layout.STUDENT / layout.CHECKPOINT)["step"] == 3
+    assert not (out / layout.STUDENT / layout.DONE).exists()
+    resumed = slade_demo(out, "")
+    assert resumed.returncode == 0, resumed.stderr
+    metrics = json.loads((out / layout.METRICS).read_text())
+    assert without_timing(metrics) == without_timing(ref_metrics)
+    steps = [json.loads(line)["step"] for line in (out / layout.STUDENT / layout.LOG).read_text().splitlines()
+             if "loss" in line]
+    assert steps == sorted(set(steps))  # no step logged twice
+
+
+def test_a_second_signal_stops_at_once():
+    script = """
+import os, signal, time
+from slade.engine.preemption import StopSignals
+with StopSignals("teacher") as stop:
+    os.kill(os.getpid(), signal.SIGTERM)
+    time.sleep(0.2)
+    print("asked", stop.received == signal.SIGTERM, flush=True)
+    os.kill(os.getpid(), signal.SIGTERM)
+    time.sleep(5)
+    print("still alive", flush=True)
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert done.stdout.splitlines() == ["asked True"]
+    assert done.returncode == -signal.SIGTERM  # ended by the second signal, not after the sleep

@@ -8,6 +8,8 @@ reaches ``<point>``:
   before it is renamed into place (``write:embeddings.npy``);
 - either with ``@<rank>``: only in that process of a ``torchrun`` run (``teacher:4@1``).
 
+``SLADE_KILL_SIGNAL=TERM`` (or ``INT``) sends that signal instead of SIGKILL.
+
 Unset (always, outside the tests) it costs one environment lookup.
 """
 
@@ -22,4 +24,5 @@ KILL_AT = "SLADE_KILL_AT"
 def kill_point(point: str) -> None:
     target = os.environ.get(KILL_AT)
     if target and target in (point, f"{point}@{os.environ.get('RANK', '0')}"):
-        os.kill(os.getpid(), signal.SIGKILL)
+        # SLADE_KILL_SIGNAL=TERM sends SIGTERM instead: a scheduler's graceful preemption.
+        os.kill(os.getpid(), getattr(signal, f"SIG{os.environ.get('SLADE_KILL_SIGNAL', 'KILL')}"))

@@ -31,6 +31,7 @@ from slade.engine import distributed
 from slade.engine.checkpoint import CheckpointSaver, Position
 from slade.engine.device import to_device
 from slade.engine.faults import kill_point
+from slade.engine.preemption import StopSignals
 from slade.engine.stage import TrainingStage
 from slade.errors import DistributedError, TrainingError
 from slade.io import write_text
@@ -159,7 +160,7 @@ def fit(
     batches = _skipping(stage, position)
     started, speed = time.perf_counter(), _Throughput()
     metrics: dict[str, float] = {}
-    with _progress_bar(stage.name, main and show_progress()) as progress:
+    with _progress_bar(stage.name, main and show_progress()) as progress, StopSignals(stage.name) as stop:
         task = progress.add_task(stage.name, total=config.steps, completed=start, status="")
         for module in modules.values():
             module.train()
@@ -190,6 +191,7 @@ def fit(
                 metrics = _evaluate(evaluate, modules, history, done)
             if config.checkpoint_every and done % config.checkpoint_every == 0:
                 checkpoint.save(position)
+            stop.check(done, checkpoint, position)  # after SIGTERM: the checkpoint, then stop
             progress.update(task, completed=done)
     if evaluate:
         metrics = _evaluate(evaluate, modules, history, config.steps)

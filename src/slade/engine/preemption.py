@@ -1,0 +1,70 @@
+"""Graceful preemption: on SIGTERM or SIGINT, finish the step, write a checkpoint, exit 75.
+
+Schedulers (SLURM, Kubernetes, spot instances) send SIGTERM and, after a grace period, SIGKILL.
+While a stage trains, the first SIGTERM or SIGINT only asks the loop to stop: the current step
+finishes, the checkpoint is written, and the process exits with :data:`PREEMPTED_EXIT` (75,
+``EX_TEMPFAIL``: try again later), so that a rerun of the same command resumes to the result an
+uninterrupted run gives. A second signal ends the process at once (the checkpoint being written, if
+any, is an atomic write: the previous one stays). Under ``torchrun`` the ranks agree every step, so
+every rank stops after the same step.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+from types import FrameType
+
+from slade.engine import distributed
+from slade.engine.checkpoint import CheckpointSaver, Position
+from slade.errors import SladeError
+
+log = logging.getLogger("slade")
+
+PREEMPTED_EXIT = 75
+SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+class Preempted(SladeError):
+    """Training stopped on a signal after writing its checkpoint; rerun to resume."""
+
+
+class StopSignals:
+    """While active, SIGTERM / SIGINT set :attr:`received` instead of ending the process."""
+
+    def __init__(self, stage: str) -> None:
+        self.stage = stage
+        self.received: int | None = None
+        self._previous: dict[int, object] = {}
+
+    def __enter__(self) -> StopSignals:
+        if threading.current_thread() is threading.main_thread():  # handlers live in the main thread
+            for sig in SIGNALS:
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)  # type: ignore[arg-type]
+        self._previous.clear()
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        if self.received is not None:  # the second signal: stop now, as without a handler
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+            return
+        self.received = signum
+        log.warning("%s: %s received: finishing the step, then writing a checkpoint (a second signal "
+                    "stops at once)", self.stage, signal.Signals(signum).name)
+
+    def check(self, step: int, checkpoint: CheckpointSaver, position: Position) -> None:
+        """After a step: when any rank was signalled, write the checkpoint and raise :class:`Preempted`."""
+        if not distributed.any_rank(self.received is not None):
+            return
+        checkpoint.save(position)
+        name = signal.Signals(self.received).name if self.received else "a signal on another process"
+        raise Preempted(f"{self.stage}: stopped by {name} after step {step}; the checkpoint "
+                        f"{checkpoint.path} holds it; rerun the same command to resume "
+                        f"(exit {PREEMPTED_EXIT})")
