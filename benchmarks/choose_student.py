@@ -35,7 +35,14 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from omniglot_shift import METRICS, mean_std, seed_from, slade_run, student_diagnostics  # noqa: E402
+from omniglot_shift import (  # noqa: E402
+    METRICS,
+    add_run_options,
+    mean_std,
+    seed_from,
+    slade_run,
+    student_diagnostics,
+)
 
 # The validation classes of each preset (data/omniglot_shift.py: VALIDATION_ALPHABETS).
 VALIDATION = {
@@ -144,12 +151,7 @@ def main() -> None:
     parser.add_argument("--candidates", nargs="+", default=list(CANDIDATES), choices=list(CANDIDATES))
     parser.add_argument("--phase", choices=["validation", "both"], default="both")
     parser.add_argument("--set", action="append", default=[], help="config override, repeatable")
-    parser.add_argument("--out", type=Path, default=Path("runs/choose"))
-    parser.add_argument("--table", type=Path, help="write the markdown here too")
-    parser.add_argument("--jobs", type=int, default=1, help="seeds trained side by side")
-    parser.add_argument("--threads", type=int, default=0, help="torch threads per run (0: cores / jobs)")
-    parser.add_argument("--report-only", action="store_true",
-                        help="tables of the finished runs (each candidate over the seeds it has)")
+    add_run_options(parser, Path("runs/choose"))  # --report-only: each candidate over the seeds it has
     args = parser.parse_args()
     args.threads = args.threads or max(1, (os.cpu_count() or 1) // args.jobs)
     started = time.perf_counter()

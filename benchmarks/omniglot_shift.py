@@ -192,6 +192,16 @@ def table(results: list[dict], args) -> str:
     return "\n".join(lines)
 
 
+def add_run_options(parser: argparse.ArgumentParser, out: Path) -> None:
+    """Where the runs go and how they share the machine (this benchmark's and choose_student's)."""
+    parser.add_argument("--out", type=Path, default=out)
+    parser.add_argument("--table", type=Path, help="write the markdown table here too")
+    parser.add_argument("--jobs", type=int, default=1, help="seeds trained side by side")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads per run (0: cores / jobs)")
+    parser.add_argument("--report-only", action="store_true",
+                        help="make the tables from the finished runs, training nothing")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default="configs/omniglot_shift.yaml")
@@ -203,12 +213,7 @@ def main() -> None:
                         metavar="NAME=KEY=VALUE,...",
                         help="another student from the same teacher and pseudo labels, e.g. "
                              "lambda2_4=student.lambda2=4 (repeatable)")
-    parser.add_argument("--out", type=Path, default=Path("runs/bench"))
-    parser.add_argument("--table", type=Path, help="write the markdown table here too")
-    parser.add_argument("--jobs", type=int, default=1, help="seeds trained side by side")
-    parser.add_argument("--threads", type=int, default=0, help="torch threads per run (0: cores / jobs)")
-    parser.add_argument("--report-only", action="store_true",
-                        help="make the table from finished runs, training nothing")
+    add_run_options(parser, Path("runs/bench"))
     args = parser.parse_args()
     global REPORT_ONLY
     REPORT_ONLY = args.report_only

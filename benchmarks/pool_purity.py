@@ -28,6 +28,7 @@ into each ``K`` and measures those clusters the same way.
 from __future__ import annotations
 
 import argparse
+import copy
 import csv
 import io
 import json
@@ -216,7 +217,7 @@ def signal_audit(run: Path, labels: TileLabels, rows: np.ndarray, pseudo: np.nda
             model, _ = load_embedding_net(stage / layout.MODEL)
             model.eval()
             basis = load_basis(stage / layout.BASIS)
-            plain = load_basis(stage / layout.BASIS)
+            plain = copy.deepcopy(basis)  # the same W_a, read without row normalisation
             plain.normalise = False
             x = eval_transform(28, 1)(torch.from_numpy(np.ascontiguousarray(labels.pixels)).unsqueeze(1))
             with torch.no_grad():

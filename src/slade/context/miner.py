@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from pytorch_metric_learning.miners import BaseMiner
 
+from slade.basis.confident_pairs import intersect_pairs
 from slade.context.neighbourhood import ContextualSimilarity
 
 
@@ -58,6 +59,4 @@ class ContextualPairMiner(BaseMiner):
         self.last_similarity = sim[same]
         if self.then is None:
             return a1, p, a2, n
-        from slade.basis.confident_pairs import intersect_pairs
-
         return intersect_pairs((a1, p, a2, n), self.then(embeddings, pseudo), len(embeddings))
