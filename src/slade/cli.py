@@ -280,6 +280,14 @@ def main() -> None:
     except SladeError as exc:
         console.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False, soft_wrap=True)
         sys.exit(2)
+    except OSError as exc:  # a write outside slade.io the disk refused: the same one line
+        from slade.io import disk_error
+
+        error = disk_error(Path(exc.filename or "."), exc) if exc.filename else None
+        if error is None:
+            raise
+        console.print(f"[red]error:[/red] {escape(str(error))}", highlight=False, soft_wrap=True)
+        sys.exit(2)
     except KeyboardInterrupt:
         console.print("interrupted")
         sys.exit(130)

@@ -17,6 +17,14 @@ class CheckpointError(SladeError):
     """A checkpoint is corrupt, unsafe or belongs to another model."""
 
 
+class WriteError(SladeError):
+    """The disk refused a write (full, read-only, no permission): names the file and the cause.
+
+    The write was atomic, so the file it would have replaced and every finished stage are intact:
+    a rerun with space resumes.
+    """
+
+
 class TrainingError(SladeError):
     """Training cannot go on (non-finite loss, nothing to learn from)."""
 

@@ -11,6 +11,7 @@ import sys
 import numpy as np
 import pytest
 import torch
+from tiny_demo import TINY, slade_demo, without_timing
 
 from slade import run_layout as layout
 from slade.cli import DEMO_CONFIG
@@ -21,35 +22,9 @@ from slade.errors import ConfigError
 from slade.pipeline import run
 from slade.stages.common import stage_current, stage_done
 
-TINY = [
-    "data.glyph_train_classes=12", "data.glyph_test_classes=6", "data.glyph_images_per_class=6",
-    "data.glyph_pool_size=160", "model.width=8", "model.embedding_dim=16", "pretrain.enabled=false",
-    "analysis.enabled=false", "teacher.steps=6", "teacher.batch_size=16", "teacher.checkpoint_every=2",
-    "student.steps=8", "student.basis_warmup_steps=2", "student.batch_size=16",
-    "student.unlabeled_batch_size=16", "student.checkpoint_every=2", "student.log_every=1",
-    "pseudo_labels.clusters=8", "evaluation.batch_size=64",
-]
-
-
-def slade_demo(out, kill_at, signal_name="KILL"):
-    env = {**os.environ, "SLADE_PROGRESS": "0", "SLADE_KILL_AT": kill_at, "SLADE_KILL_SIGNAL": signal_name}
-    overrides = [arg for o in TINY for arg in ("--set", o)]
-    command = [sys.executable, "-m", "slade", "demo", "--out", str(out), *overrides]
-    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
-
-
-def without_timing(metrics):
-    return {stage: {k: v for k, v in m.items() if k != "train_seconds"} for stage, m in metrics.items()}
-
 
 def weights(path):
     return load_checkpoint(path)["state_dict"]
-
-
-@pytest.fixture(scope="module")
-def reference(tmp_path_factory):
-    out = tmp_path_factory.mktemp("reference")
-    return out, run(load_config(DEMO_CONFIG, TINY), out)
 
 
 def test_run_killed_in_the_teacher_and_in_the_student_ends_as_if_never_killed(reference, tmp_path):

@@ -10,15 +10,22 @@ reaches ``<point>``:
 
 ``SLADE_KILL_SIGNAL=TERM`` (or ``INT``) sends that signal instead of SIGKILL.
 
-Unset (always, outside the tests) it costs one environment lookup.
+``SLADE_FAIL_AT=write:<file name>`` (or ``write:<folder>/<file name>``: ``write:student/checkpoint.pt``)
+with ``SLADE_FAIL_ERRNO=ENOSPC`` (the default; or ``EROFS``, ``EACCES``...) makes that atomic write
+fail with the OS error instead, as a full or read-only disk would.
+
+Unset (always, outside the tests) each costs one environment lookup.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
+from pathlib import Path
 
 KILL_AT = "SLADE_KILL_AT"
+FAIL_AT = "SLADE_FAIL_AT"
 
 
 def kill_point(point: str) -> None:
@@ -26,3 +33,9 @@ def kill_point(point: str) -> None:
     if target and target in (point, f"{point}@{os.environ.get('RANK', '0')}"):
         # SLADE_KILL_SIGNAL=TERM sends SIGTERM instead: a scheduler's graceful preemption.
         os.kill(os.getpid(), getattr(signal, f"SIG{os.environ.get('SLADE_KILL_SIGNAL', 'KILL')}"))
+
+
+def fail_point(path: Path) -> None:
+    if os.environ.get(FAIL_AT) in (f"write:{path.name}", f"write:{path.parent.name}/{path.name}"):
+        code = getattr(errno, os.environ.get("SLADE_FAIL_ERRNO", "ENOSPC"))
+        raise OSError(code, os.strerror(code), str(path))

@@ -34,7 +34,7 @@ from slade.engine.faults import kill_point
 from slade.engine.preemption import StopSignals
 from slade.engine.stage import TrainingStage
 from slade.errors import DistributedError, TrainingError
-from slade.io import write_text
+from slade.io import write_text, writing
 
 log = logging.getLogger("slade")
 
@@ -95,7 +95,7 @@ class JsonlLog:
         write_text(self.path, "".join(line + "\n" for line in kept))
 
     def write(self, entry: dict[str, Any]) -> None:
-        with open(self.path, "a") as f:
+        with writing(self.path), open(self.path, "a") as f:
             f.write(json.dumps(entry) + "\n")
 
 

@@ -22,7 +22,7 @@ from sklearn.metrics import normalized_mutual_info_score
 from slade import run_layout as layout
 from slade.engine import distributed
 from slade.errors import DataError
-from slade.io import atomic_write, read_json, write_json, write_text
+from slade.io import atomic_write, read_json, reserve, write_json, write_text
 from slade.stages.common import RunContext, mark_done, output_digest, stage_current
 
 
@@ -126,6 +126,7 @@ def _make_pseudo_labels(ctx: RunContext, teacher: str, out: Path, fingerprint: d
     def write_embeddings(path: Path) -> None:
         array = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32,
                                           shape=(len(pool), model.embedding_dim))
+        reserve(path, array.offset + array.nbytes)  # a full disk fails now, not with SIGBUS later
         ctx.embed(model, pool, out=array)
         array.flush()
 
