@@ -29,6 +29,7 @@ from slade.data.images import Decoder
 from slade.data.transforms import eval_transform, train_transform
 from slade.engine import distributed
 from slade.engine.checkpoint import load_checkpoint
+from slade.engine.preemption import PREEMPTED_EXIT, Preempted
 from slade.engine.trainer import fit
 from slade.errors import SladeError
 from slade.evaluation.retrieval import evaluate_embeddings
@@ -171,11 +172,34 @@ def test_a_rank_that_dies_stops_the_other_with_a_message_and_the_checkpoint_inta
     assert not list((tmp_path / "run" / layout.TEACHER).glob(".*.tmp"))
 
 
+def test_sigterm_to_one_rank_stops_every_rank_after_the_same_step_and_the_rerun_resumes(class_tree, tmp_path):
+    # Rank 1 alone gets SIGTERM before teacher step 3 (a scheduler may signal any process first).
+    stopped = torchrun(class_tree, tmp_path / "two", SLADE_KILL_AT="teacher:3@1", SLADE_KILL_SIGNAL="TERM")
+    assert stopped.returncode != 0
+    assert stopped.stderr.count(f"exit {PREEMPTED_EXIT}: rank") == 2, stopped.stderr[-3000:]
+    assert "after step 3" in stopped.stderr, stopped.stderr[-3000:]
+    teacher = tmp_path / "two" / layout.TEACHER
+    assert load_checkpoint(teacher / layout.CHECKPOINT)["step"] == 3  # checkpoint_every is 2
+    assert [s for s, _ in losses(teacher / layout.LOG)] == [1, 2, 3]
+    assert not (tmp_path / "two" / layout.STUDENT).exists()
+
+    resumed = torchrun(class_tree, tmp_path / "two")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert [s for s, _ in losses(teacher / layout.LOG)] == [1, 2, 3, 4]  # no step logged twice
+    train(class_tree, tmp_path / "one")
+    one, two = torch.load(tmp_path / "one" / "weights.pt"), torch.load(tmp_path / "two" / "weights.pt")
+    for key, value in one.items():
+        assert torch.allclose(value.float(), two[key].float(), atol=1e-4), key
+
+
 if __name__ == "__main__":  # one rank under torchrun
     distributed.setup(CPU)
     try:
         train(Path(sys.argv[1]), Path(sys.argv[2]))
         distributed.finish()
+    except Preempted as exc:
+        print(f"exit {PREEMPTED_EXIT}: rank {distributed.rank()}: {exc}", file=sys.stderr, flush=True)
+        sys.exit(PREEMPTED_EXIT)
     except SladeError as exc:
         print(f"error: {exc}", file=sys.stderr, flush=True)
         sys.exit(2)
