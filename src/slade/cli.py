@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from slade.errors import DataError, SladeError
+from slade.errors import PREEMPTED_EXIT, DataError, Preempted, SladeError
 
 app = typer.Typer(
     add_completion=False, pretty_exceptions_enable=False, no_args_is_help=True,
@@ -270,8 +270,6 @@ def query_command(
 
 
 def main() -> None:
-    from slade.engine.preemption import PREEMPTED_EXIT, Preempted
-
     try:
         app()
     except Preempted as exc:  # a checkpoint holds the step: rerunning resumes

@@ -25,6 +25,18 @@ class WriteError(SladeError):
     """
 
 
+class Preempted(SladeError):
+    """Training stopped on a signal after writing its checkpoint; rerun to resume.
+
+    Here rather than in ``engine/preemption.py`` so that the command line catches it without
+    importing torch (``slade embed`` with an ONNX model runs without it).
+    """
+
+
+# The exit status after a graceful stop: EX_TEMPFAIL, try again later.
+PREEMPTED_EXIT = 75
+
+
 class TrainingError(SladeError):
     """Training cannot go on (non-finite loss, nothing to learn from)."""
 
