@@ -269,6 +269,25 @@ def query_command(
         write_text(out, buffer.getvalue())
 
 
+@app.command("export")
+def export_command(
+    checkpoint: Annotated[Path, typer.Argument(help="A model.pt written by any stage.")],
+    out: Annotated[Path, typer.Option(
+        "--out", "-o", help="The file to write: model.onnx, or a TorchScript file.")],
+    fmt: Annotated[str, typer.Option(
+        "--format", help="onnx (for onnxruntime) or torchscript (for libtorch).")] = "onnx",
+) -> None:
+    """Export a trained model for serving, its input pipeline stored as metadata in the file.
+
+    `slade embed`, `index` and `query` take the .onnx file and run it on onnxruntime, without torch.
+    """
+    from slade.serving.export import export_embedder
+
+    spec = export_embedder(checkpoint, out, fmt)
+    console.print(f"{checkpoint} -> {out} ({fmt}: (batch, {spec.channels}, {spec.image_size}, "
+                  f"{spec.image_size}) images -> {spec.embedding_dim}-d embeddings)")
+
+
 def main() -> None:
     try:
         app()

@@ -17,6 +17,10 @@ class CheckpointError(SladeError):
     """A checkpoint is corrupt, unsafe or belongs to another model."""
 
 
+class ExportError(SladeError):
+    """A model cannot be exported for serving (unknown format, exporter failure, outputs that differ)."""
+
+
 class WriteError(SladeError):
     """The disk refused a write (full, read-only, no permission): names the file and the cause.
 
