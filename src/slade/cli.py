@@ -139,17 +139,20 @@ def evaluate(
         write_json(out, metrics)
 
 
+MODEL_HELP = "A model.pt written by any stage, or a .onnx file from `slade export` (runs on onnxruntime)."
+
+
 @app.command()
 def embed(
-    checkpoint: Annotated[Path, typer.Argument(help="A model.pt written by any stage.")],
+    checkpoint: Annotated[Path, typer.Argument(help=MODEL_HELP)],
     inputs: Annotated[list[Path], typer.Argument(help="Image files or folders (searched recursively).")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Output .npy (n x d float32).")],
     batch_size: int = 256,
 ) -> None:
     """Embed images with a trained model; the image list is written beside OUT as .txt."""
-    from slade.inference import load_embedder
     from slade.io import save_npy, write_text
     from slade.retrieval_index import image_files
+    from slade.serving import load_embedder
 
     files = image_files(inputs)
     vectors = load_embedder(checkpoint).embed([str(f) for f in files], batch_size=batch_size)
@@ -216,7 +219,7 @@ def tsne(
 
 @app.command("index")
 def index_command(
-    checkpoint: Annotated[Path, typer.Argument(help="A model.pt written by any stage.")],
+    checkpoint: Annotated[Path, typer.Argument(help=MODEL_HELP)],
     gallery: Annotated[list[Path], typer.Argument(help="Gallery images or folders (searched recursively).")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Index folder to write (replaced whole).")],
     skip_bad: Annotated[bool, typer.Option(
