@@ -4,7 +4,7 @@ Public API::
 
     slade.load_config(path, overrides)       # typed experiment config from YAML
     slade.run(config, run_dir)               # every stage; returns {stage: metrics}
-    slade.load_embedder(checkpoint).embed(images)   # (n, d) float32, L2-normalised
+    slade.load_embedder(checkpoint).embed(images)   # (n, d) float32, L2-normalised; model.pt or .onnx
     slade.evaluate_embeddings(query, labels, gallery=None, gallery_labels=None, ks=(1, 2, 4, 8))
     slade.analyse_run(run_dir)               # t-SNE maps, domain gap, RUN/report.html
 """
@@ -21,7 +21,7 @@ _API = {
     "load_config": "slade.config",
     "Config": "slade.config",
     "run": "slade.pipeline",
-    "load_embedder": "slade.inference",
+    "load_embedder": "slade.serving",  # model.pt (torch) or an exported model.onnx (onnxruntime)
     "Embedder": "slade.inference",
     "evaluate_embeddings": "slade.evaluation.retrieval",
     "analyse_run": "slade.analysis",

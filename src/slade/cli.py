@@ -13,7 +13,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from slade.errors import DataError, SladeError
+from slade.errors import PREEMPTED_EXIT, DataError, Preempted, SladeError
 
 app = typer.Typer(
     add_completion=False, pretty_exceptions_enable=False, no_args_is_help=True,
@@ -140,17 +140,20 @@ def evaluate(
         write_json(out, metrics)
 
 
+MODEL_HELP = "A model.pt written by any stage, or a .onnx file from `slade export` (runs on onnxruntime)."
+
+
 @app.command()
 def embed(
-    checkpoint: Annotated[Path, typer.Argument(help="A model.pt written by any stage.")],
+    checkpoint: Annotated[Path, typer.Argument(help=MODEL_HELP)],
     inputs: Annotated[list[Path], typer.Argument(help="Image files or folders (searched recursively).")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Output .npy (n x d float32).")],
     batch_size: int = 256,
 ) -> None:
     """Embed images with a trained model; the image list is written beside OUT as .txt."""
-    from slade.inference import load_embedder
     from slade.io import save_npy, write_text
     from slade.retrieval_index import image_files
+    from slade.serving import load_embedder
 
     files = image_files(inputs)
     vectors = load_embedder(checkpoint).embed([str(f) for f in files], batch_size=batch_size)
@@ -217,7 +220,7 @@ def tsne(
 
 @app.command("index")
 def index_command(
-    checkpoint: Annotated[Path, typer.Argument(help="A model.pt written by any stage.")],
+    checkpoint: Annotated[Path, typer.Argument(help=MODEL_HELP)],
     gallery: Annotated[list[Path], typer.Argument(help="Gallery images or folders (searched recursively).")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Index folder to write (replaced whole).")],
     skip_bad: Annotated[bool, typer.Option(
@@ -270,6 +273,25 @@ def query_command(
         write_text(out, buffer.getvalue())
 
 
+@app.command("export")
+def export_command(
+    checkpoint: Annotated[Path, typer.Argument(help="A model.pt written by any stage.")],
+    out: Annotated[Path, typer.Option(
+        "--out", "-o", help="The file to write: model.onnx, or a TorchScript file.")],
+    fmt: Annotated[str, typer.Option(
+        "--format", help="onnx (for onnxruntime) or torchscript (for libtorch).")] = "onnx",
+) -> None:
+    """Export a trained model for serving, its input pipeline stored as metadata in the file.
+
+    `slade embed`, `index` and `query` take the .onnx file and run it on onnxruntime, without torch.
+    """
+    from slade.serving.export import export_embedder
+
+    spec = export_embedder(checkpoint, out, fmt)
+    console.print(f"{checkpoint} -> {out} ({fmt}: (batch, {spec.channels}, {spec.image_size}, "
+                  f"{spec.image_size}) images -> {spec.embedding_dim}-d embeddings)")
+
+
 def main() -> None:
     try:
         _main()
@@ -280,8 +302,6 @@ def main() -> None:
 
 
 def _main() -> None:
-    from slade.engine.preemption import PREEMPTED_EXIT, Preempted
-
     try:
         app()
     except Preempted as exc:  # a checkpoint holds the step: rerunning resumes

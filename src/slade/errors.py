@@ -17,12 +17,28 @@ class CheckpointError(SladeError):
     """A checkpoint is corrupt, unsafe or belongs to another model."""
 
 
+class ExportError(SladeError):
+    """A model cannot be exported for serving (unknown format, exporter failure, outputs that differ)."""
+
+
 class WriteError(SladeError):
     """The disk refused a write (full, read-only, no permission): names the file and the cause.
 
     The write was atomic, so the file it would have replaced and every finished stage are intact:
     a rerun with space resumes.
     """
+
+
+class Preempted(SladeError):
+    """Training stopped on a signal after writing its checkpoint; rerun to resume.
+
+    Here rather than in ``engine/preemption.py`` so that the command line catches it without
+    importing torch (``slade embed`` with an ONNX model runs without it).
+    """
+
+
+# The exit status after a graceful stop: EX_TEMPFAIL, try again later.
+PREEMPTED_EXIT = 75
 
 
 class TrainingError(SladeError):

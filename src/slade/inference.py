@@ -190,6 +190,11 @@ class Embedder:
         return embed_dataset(self.model, _Decoded(list(images), self.decoder), self.transform,
                              self.device, batch_size)
 
+    def embed_pixels(self, pixels: Sequence[np.ndarray], batch_size: int = 256) -> np.ndarray:
+        """Embed decoded uint8 ``(H, W, C)`` arrays (``self.decoder``'s output)."""
+        tensors = [torch.from_numpy(np.array(a, copy=True)).permute(2, 0, 1) for a in pixels]
+        return embed_dataset(self.model, tensors, self.transform, self.device, batch_size)
+
 
 class _Decoded(Dataset):
     def __init__(self, images: list[Any], decoder: Decoder) -> None:

@@ -1,6 +1,7 @@
 """Retrieval for users: embed a gallery once with a trained model, then query it with new images.
 
-    INDEX_DIR/model.pt       the embedder (a copy of the checkpoint, so the index stands alone)
+    INDEX_DIR/model.pt       the embedder (a copy of the checkpoint, so the index stands alone), or
+    INDEX_DIR/model.onnx     a copy of the ``slade export`` ONNX file it was built with (no torch needed)
     INDEX_DIR/index.faiss    faiss ``IndexFlatIP`` over the L2-normalised embeddings: exact cosine search
     INDEX_DIR/images.json    the gallery images, in index order
     INDEX_DIR/index.json     what built it: checkpoint, image count, dimension, skipped images
@@ -20,16 +21,21 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import faiss
 import numpy as np
-import torch
 
 from slade.data.folders import IMAGE_EXTENSIONS
 from slade.errors import CheckpointError, DataError
-from slade.inference import Embedder, embed_dataset, load_embedder
+from slade.serving import is_onnx, load_embedder
+
+if TYPE_CHECKING:
+    from slade.inference import Embedder
+    from slade.serving.onnx_embedder import OnnxEmbedder
 
 MODEL = "model.pt"
+ONNX_MODEL = "model.onnx"
 INDEX = "index.faiss"
 IMAGES = "images.json"
 MANIFEST = "index.json"
@@ -59,7 +65,8 @@ def image_files(inputs: list[str | Path]) -> list[Path]:
     return files
 
 
-def _embed(embedder: Embedder, files: list[Path], batch_size: int) -> tuple[np.ndarray, list[int], list]:
+def _embed(embedder: Embedder | OnnxEmbedder, files: list[Path],
+           batch_size: int) -> tuple[np.ndarray, list[int], list]:
     """Embeddings of the decodable files, their positions, and ``(file, reason)`` of the others."""
     parts, kept, bad = [], [], []
     for start in range(0, len(files), CHUNK):
@@ -70,11 +77,10 @@ def _embed(embedder: Embedder, files: list[Path], batch_size: int) -> tuple[np.n
             except DataError as exc:
                 bad.append((str(f), str(exc).removeprefix(f"{f}: ")))
                 continue
-            pixels.append(torch.from_numpy(np.array(array, copy=True)).permute(2, 0, 1))
+            pixels.append(array)
             kept.append(i)
         if pixels:
-            parts.append(embed_dataset(embedder.model, pixels, embedder.transform, embedder.device,
-                                       batch_size))
+            parts.append(embedder.embed_pixels(pixels, batch_size))
     vectors = np.concatenate(parts) if parts else np.zeros((0, embedder.dim), np.float32)
     faiss.normalize_L2(vectors)
     return vectors, kept, bad
@@ -82,7 +88,8 @@ def _embed(embedder: Embedder, files: list[Path], batch_size: int) -> tuple[np.n
 
 def build_index(checkpoint: str | Path, inputs: list[str | Path], out: str | Path, batch_size: int = 256,
                 skip_bad: bool = False, device: str = "auto") -> dict:
-    """Embed the gallery images in ``inputs`` with ``checkpoint`` and write the index to ``out``.
+    """Embed the gallery images in ``inputs`` with ``checkpoint`` (a ``model.pt``, or a ``.onnx``
+    export run by onnxruntime) and write the index to ``out``.
 
     Args:
         skip_bad: leave undecodable images out (listed in ``index.json``) instead of refusing.
@@ -108,8 +115,9 @@ def build_index(checkpoint: str | Path, inputs: list[str | Path], out: str | Pat
         raise DataError(f"none of the {len(files)} gallery images can be decoded (first: {bad[0][0]})")
     index = faiss.IndexFlatIP(vectors.shape[1])
     index.add(vectors)
+    model = ONNX_MODEL if is_onnx(checkpoint) else MODEL
     manifest = {"format": "slade.retrieval-index", "checkpoint": str(Path(checkpoint).resolve()),
-                "images": len(kept), "dim": int(vectors.shape[1]),
+                "model": model, "images": len(kept), "dim": int(vectors.shape[1]),
                 "skipped": [{"image": s, "reason": r} for s, r in bad]}
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
@@ -117,7 +125,7 @@ def build_index(checkpoint: str | Path, inputs: list[str | Path], out: str | Pat
     os.umask(umask)
     tmp.chmod(0o777 & ~umask)  # mkdtemp's folder is private; the index is as readable as any folder
     try:
-        shutil.copyfile(checkpoint, tmp / MODEL)
+        shutil.copyfile(checkpoint, tmp / model)
         faiss.write_index(index, str(tmp / INDEX))
         (tmp / IMAGES).write_text(json.dumps([str(files[i]) for i in kept], indent=0) + "\n")
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
@@ -142,7 +150,7 @@ def _replace_dir(new: Path, out: Path) -> None:
 class RetrievalIndex:
     """A gallery index written by :func:`build_index`: query images in, nearest gallery images out."""
 
-    def __init__(self, embedder: Embedder, index: faiss.Index, images: list[str]) -> None:
+    def __init__(self, embedder: Embedder | OnnxEmbedder, index: faiss.Index, images: list[str]) -> None:
         self.embedder, self.index, self.images = embedder, index, images
 
     @classmethod
@@ -151,6 +159,7 @@ class RetrievalIndex:
         if not (directory / MANIFEST).is_file():
             raise DataError(f"{directory}: not a slade index (no {MANIFEST}); build one with `slade index`")
         try:
+            manifest = json.loads((directory / MANIFEST).read_text())
             images = json.loads((directory / IMAGES).read_text())
             index = faiss.read_index(str(directory / INDEX))
         except (OSError, ValueError, RuntimeError) as exc:
@@ -159,7 +168,12 @@ class RetrievalIndex:
         if index.ntotal != len(images):
             raise CheckpointError(f"{directory}: the index holds {index.ntotal} vectors for {len(images)} "
                                   "images; rebuild it with `slade index`")
-        return cls(load_embedder(directory / MODEL, device), index, images)
+        # Indexes from before ONNX serving name no model: theirs is model.pt.
+        model = manifest.get("model", MODEL) if isinstance(manifest, dict) else None
+        if model not in (MODEL, ONNX_MODEL):
+            raise CheckpointError(f"{directory / MANIFEST}: unknown model file {model!r}; "
+                                  "rebuild it with `slade index`")
+        return cls(load_embedder(directory / model, device), index, images)
 
     def search(self, queries: list[str | Path], k: int = 10, batch_size: int = 256) -> list[list[Neighbour]]:
         """The ``k`` nearest gallery images of each query, most similar first.

@@ -19,16 +19,11 @@ from types import FrameType
 
 from slade.engine import distributed
 from slade.engine.checkpoint import CheckpointSaver, Position
-from slade.errors import SladeError
+from slade.errors import PREEMPTED_EXIT, Preempted
 
 log = logging.getLogger("slade")
 
-PREEMPTED_EXIT = 75
 SIGNALS = (signal.SIGTERM, signal.SIGINT)
-
-
-class Preempted(SladeError):
-    """Training stopped on a signal after writing its checkpoint; rerun to resume."""
 
 
 class StopSignals:
