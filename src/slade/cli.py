@@ -59,10 +59,12 @@ def _run(config_path: Path | None, out: Path, overrides: list[str], until: str |
          force: bool) -> None:
     from slade.config import load_config
     from slade.engine import distributed
+    from slade.engine.preemption import StopAnywhere
     from slade.pipeline import run
 
     config = load_config(config_path, overrides)
-    metrics = run(config, out, until=until, force=force)
+    with StopAnywhere(f"slade run {out}"):
+        metrics = run(config, out, until=until, force=force)
     if not distributed.is_main():  # under torchrun: rank 0 reports
         return
     console.print(_metrics_table({k: v for k, v in metrics.items() if k != "gap"}))
@@ -206,12 +208,13 @@ def tsne(
     from slade import run_layout as layout
     from slade.analysis import analyse_run
     from slade.analysis.analyse import read_run_config
+    from slade.engine.preemption import StopAnywhere
     from slade.engine.run_lock import RunLock
     from slade.pipeline import record_gap
 
     given = {"points": points, "perplexity": perplexity, "seed": seed}
     config = read_run_config(run_dir, [f"analysis.{k}={v}" for k, v in given.items() if v is not None])
-    with RunLock(run_dir):  # one writer per run directory
+    with StopAnywhere(f"slade tsne {run_dir}"), RunLock(run_dir):  # one writer per run directory
         gap = analyse_run(run_dir, config.analysis)
         record_gap(run_dir, gap)
     console.print(_gap_table(gap))

@@ -163,3 +163,33 @@ with StopSignals("teacher") as stop:
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
     assert done.stdout.splitlines() == ["asked True"]
     assert done.returncode == -signal.SIGTERM  # ended by the second signal, not after the sleep
+
+
+def test_sigterm_during_a_checkpoint_write_keeps_a_checkpoint_a_rerun_trusts(reference, tmp_path):
+    # The signal arrives inside the atomic write of the teacher's first checkpoint (after the
+    # temporary file is written, before the rename): the write completes, step 1 is trained, and
+    # the stage stops with its checkpoint as usual.
+    out = tmp_path / "run"
+    stopped = slade_demo(out, "write:checkpoint.pt", signal_name="TERM")
+    assert stopped.returncode == PREEMPTED_EXIT, stopped.stderr
+    assert "stopped: teacher: stopped by SIGTERM after step 1" in stopped.stderr
+    assert load_checkpoint(out / layout.TEACHER / layout.CHECKPOINT)["step"] == 1
+    assert not list(out.rglob("*.tmp"))
+    resumed = slade_demo(out, "")
+    assert resumed.returncode == 0, resumed.stderr
+    assert without_timing(json.loads((out / layout.METRICS).read_text())) == without_timing(reference[1])
+
+
+def test_sigterm_outside_a_training_step_stops_at_once_with_exit_75(reference, tmp_path):
+    # In the pseudo labels (no step to finish): the command stops where it is, the embeddings'
+    # atomic write leaves nothing half written, and the rerun redoes the stage.
+    out = tmp_path / "run"
+    stopped = slade_demo(out, "write:embeddings.npy", signal_name="TERM")
+    assert stopped.returncode == PREEMPTED_EXIT, stopped.stderr
+    assert "stopped by SIGTERM outside a training step" in stopped.stderr.strip().splitlines()[-1]
+    assert "Traceback" not in stopped.stderr
+    assert stage_done(out / layout.TEACHER) and not (out / layout.PSEUDO_LABELS / layout.EMBEDDINGS).exists()
+    assert not list(out.rglob("*.tmp"))
+    resumed = slade_demo(out, "")
+    assert resumed.returncode == 0, resumed.stderr
+    assert without_timing(json.loads((out / layout.METRICS).read_text())) == without_timing(reference[1])

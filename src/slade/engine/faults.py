@@ -8,7 +8,7 @@ reaches ``<point>``:
   before it is renamed into place (``write:embeddings.npy``);
 - either with ``@<rank>``: only in that process of a ``torchrun`` run (``teacher:4@1``).
 
-``SLADE_KILL_SIGNAL=TERM`` (or ``INT``) sends that signal instead of SIGKILL.
+``SLADE_KILL_SIGNAL=TERM`` (or ``INT``) sends that signal instead of SIGKILL. Either is sent once.
 
 ``SLADE_FAIL_AT=write:<file name>`` (or ``write:<folder>/<file name>``: ``write:student/checkpoint.pt``)
 with ``SLADE_FAIL_ERRNO=ENOSPC`` (the default; or ``EROFS``, ``EACCES``...) makes that atomic write
@@ -31,6 +31,7 @@ FAIL_AT = "SLADE_FAIL_AT"
 def kill_point(point: str) -> None:
     target = os.environ.get(KILL_AT)
     if target and target in (point, f"{point}@{os.environ.get('RANK', '0')}"):
+        del os.environ[KILL_AT]  # once: a signal the process survives must not come back
         # SLADE_KILL_SIGNAL=TERM sends SIGTERM instead: a scheduler's graceful preemption.
         os.kill(os.getpid(), getattr(signal, f"SIG{os.environ.get('SLADE_KILL_SIGNAL', 'KILL')}"))
 

@@ -7,6 +7,11 @@ finishes, the checkpoint is written, and the process exits with :data:`PREEMPTED
 uninterrupted run gives. A second signal ends the process at once (the checkpoint being written, if
 any, is an atomic write: the previous one stays). Under ``torchrun`` the ranks agree every step, so
 every rank stops after the same step.
+
+Outside the training loops (reading data, k-means, evaluation, the analysis, a checkpoint written
+before the first step) there is no step to finish: under :class:`StopAnywhere` the first signal
+stops the command at once with the same exit status, as Python's own KeyboardInterrupt would, and
+an atomic write it interrupts leaves the previous file.
 """
 
 from __future__ import annotations
@@ -24,6 +29,33 @@ from slade.errors import PREEMPTED_EXIT, Preempted
 log = logging.getLogger("slade")
 
 SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+class StopAnywhere:
+    """While active, the first SIGTERM / SIGINT raises :class:`Preempted` wherever the process is
+    (a training loop's :class:`StopSignals` inside it defers the signal to the end of the step)."""
+
+    def __init__(self, command: str) -> None:
+        self.command = command
+        self._previous: dict[int, object] = {}
+
+    def __enter__(self) -> StopAnywhere:
+        if threading.current_thread() is threading.main_thread():
+            for sig in SIGNALS:
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)  # type: ignore[arg-type]
+        self._previous.clear()
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        for sig in SIGNALS:  # a second signal, during the unwinding, ends the process at once
+            signal.signal(sig, signal.SIG_DFL)
+        raise Preempted(f"{self.command}: stopped by {signal.Signals(signum).name} outside a training "
+                        "step; finished stages and checkpoints are on disk; rerun the same command to "
+                        f"resume (exit {PREEMPTED_EXIT})")
 
 
 class StopSignals:

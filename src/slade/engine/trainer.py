@@ -148,19 +148,21 @@ def fit(
     parameters = [p for group in optimizer.param_groups for p in group["params"]]
     checkpoint = CheckpointSaver(out_dir / layout.CHECKPOINT, stage, modules, optimizer, scheduler,
                                  fingerprint or {}, cuda, write=main)
-    if distributed.broadcast_flag(checkpoint.exists()):  # rank 0's file decides
-        position = checkpoint.restore()
-    else:
-        position = Position()
-        distributed.broadcast_modules(modules.values())
-        if config.steps:
-            checkpoint.save(position)  # the state a non-finite loss before the first checkpoint rolls back to
+    stop = StopSignals(stage.name)  # a signal during the first checkpoint's write: stop after step 1
+    with stop:
+        if distributed.broadcast_flag(checkpoint.exists()):  # rank 0's file decides
+            position = checkpoint.restore()
+        else:
+            position = Position()
+            distributed.broadcast_modules(modules.values())
+            if config.steps:  # the state a non-finite loss before the first checkpoint rolls back to
+                checkpoint.save(position)
     start = position.step
     history = JsonlLog(out_dir / layout.LOG, start) if main else _NoLog()
     batches = _skipping(stage, position)
     started, speed = time.perf_counter(), _Throughput()
     metrics: dict[str, float] = {}
-    with _progress_bar(stage.name, main and show_progress()) as progress, StopSignals(stage.name) as stop:
+    with _progress_bar(stage.name, main and show_progress()) as progress, stop:
         task = progress.add_task(stage.name, total=config.steps, completed=start, status="")
         for module in modules.values():
             module.train()
