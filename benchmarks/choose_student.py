@@ -37,6 +37,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from omniglot_shift import (  # noqa: E402
     METRICS,
+    PUBLISHED,
     add_run_options,
     mean_std,
     seed_from,
@@ -54,9 +55,10 @@ VALIDATION = {
     ],
 }
 NO_MINER = "student.miner="
-# name -> (family, overrides), in the order they are trained. `slade` is the preset itself
-# (student.mining: confident); `contextual` uses the config's student.context_* settings.
-CANDIDATES = {
+# name -> (family, overrides), in the order they are trained. Each starts from SLADE as published
+# (PUBLISHED: the student defaults the study began with), so that every run keeps its settings
+# whatever the defaults are now; `contextual` has its k and k2 from the config.
+CANDIDATES = {name: (family, PUBLISHED + overrides) for name, (family, overrides) in {
     "slade": ("slade", []),
     "naive": ("naive", ["student.mining=all_pairs", NO_MINER]),
     "naive_mined": ("naive", ["student.mining=all_pairs"]),
@@ -69,7 +71,7 @@ CANDIDATES = {
     "slade_thresholds_only": ("slade", ["student.mining=thresholds_only"]),
     "naive_random_batches": ("naive", ["student.mining=all_pairs", NO_MINER,
                                        "student.unlabeled_sampling=random"]),
-}
+}.items()}
 
 
 def finished(root: Path, names: list[str]) -> dict:

@@ -92,6 +92,11 @@ def student_diagnostics(run: Path, stage: str = "student") -> dict:
     return out
 
 
+# SLADE as published (the student default before the contextual student was chosen on validation):
+# the `slade` run of every benchmark pins it, so its runs and their fingerprints are unchanged.
+PUBLISHED = ["student.mining=confident", "student.miner=multi_similarity", "student.context_threshold=0.15"]
+
+
 def one_seed(args, pool: str, seed: int, shared_teacher: Path | None) -> dict:
     base = [f"seed={seed}", f"data.pool={pool}", *args.set]
     root = args.out / pool / f"seed{seed}"
@@ -99,17 +104,18 @@ def one_seed(args, pool: str, seed: int, shared_teacher: Path | None) -> dict:
     result: dict = {"pool": pool, "seed": seed}
     if shared_teacher is not None:
         seed_from(shared_teacher, slade_dir, ["teacher"])
-    metrics = slade_run(slade_dir, args.config, base, None, args.threads)
+    metrics = slade_run(slade_dir, args.config, base + PUBLISHED, None, args.threads)
     result["teacher"] = metrics["teacher"]
     result["slade"] = metrics["student"] | student_diagnostics(slade_dir)
     if "pretrain" in metrics:
         result["pretrain"] = metrics["pretrain"]
     seed_from(slade_dir, naive_dir, ["pretrain", "teacher", "pseudo_labels"])
-    naive = slade_run(naive_dir, args.config, base + ["student.mining=all_pairs"], None, args.threads)
+    naive = slade_run(naive_dir, args.config, base + PUBLISHED + ["student.mining=all_pairs"], None,
+                      args.threads)
     result["naive"] = naive["student"] | student_diagnostics(naive_dir)
     for name, overrides in args.variant:  # more students from the same teacher and pseudo labels
         seed_from(slade_dir, root / name, ["pretrain", "teacher", "pseudo_labels"])
-        extra = slade_run(root / name, args.config, base + overrides, None, args.threads)
+        extra = slade_run(root / name, args.config, base + PUBLISHED + overrides, None, args.threads)
         last = last_student(extra)  # with student.rounds > 1, the last round's student
         result[name] = extra[last] | student_diagnostics(root / name, last)
     if args.random_init and pool == args.pools[0]:  # without stage 0 the pool plays no part

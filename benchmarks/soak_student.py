@@ -1,8 +1,9 @@
 """Soak test: does the student stage's resident memory stay flat over a long run?
 
-Trains the SLADE student (``stages/student.py`` through the shared ``engine/trainer.py::fit``, with
-its periodic checkpoints) on omniglot-shift for ``--minutes``, sampling the process's resident set
-size (``VmRSS`` of ``/proc/self/status``) every ``--every`` steps. The teacher is the untrained
+Trains the SLADE student as published (``student.mining=confident``; ``stages/student.py``
+through the shared ``engine/trainer.py::fit``, with its periodic checkpoints) on omniglot-shift
+for ``--minutes``, sampling the process's resident set size (``VmRSS`` of ``/proc/self/status``)
+every ``--every`` steps. The teacher is the untrained
 network (``teacher.steps=0``): what is measured is the training loop, not accuracy. Prints RSS after
 the first epoch (one pass over the pool's worth of unlabeled images) and at the end, and their ratio;
 the target is flat within 5%.
@@ -64,7 +65,8 @@ def main() -> None:
         return
 
     config = load_config(args.config, ["pretrain.enabled=false", "teacher.steps=0", "analysis.enabled=false",
-                                       "student.steps=100000000", *args.set])
+                                       "student.steps=100000000", "student.mining=confident",  # SLADE's
+                                       "student.miner=multi_similarity", *args.set])
     out = Path(args.out or tempfile.mkdtemp(prefix="soak-"))
     device = resolve_device(config.device)
     data = prepare(build_splits(config.data, config.seed), config.data)

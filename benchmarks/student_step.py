@@ -77,9 +77,9 @@ def main() -> None:
         model.train()
     context = k_reciprocal_encoding(pool, config.student.context_k, config.student.context_k2)
     stages = {}
-    for name, mining, miner in (("all_pairs", "all_pairs", config.student.miner),
+    for name, mining, miner in (("all_pairs", "all_pairs", "multi_similarity"),
                                 ("all_pairs, no miner", "all_pairs", ""),
-                                ("confident", "confident", config.student.miner),
+                                ("confident", "confident", "multi_similarity"),
                                 ("contextual", "contextual", "")):
         cfg = copy.deepcopy(config.student)
         cfg.mining, cfg.miner = mining, miner

@@ -38,6 +38,7 @@ def test_tuple_setting(tmp_path):
         ("seed: 1\nteacher:\n  steps: many\n", r"exp.yaml:3: teacher.steps: expected int, got 'many'"),
         ("data:\n  pool: sideways\n", r"exp.yaml:2: data.pool: expected 'disjoint' \| 'overlap'"),
         ("teacher: 3\n", r"exp.yaml:1: teacher: expected a mapping"),
+        ("student:\n  miner:\n", r"exp.yaml:2: student.miner: expected str, got None"),  # `key:` alone
         ("seed: 1\nseed: 2\n", r"exp.yaml:2: seed: duplicate key"),
         ("teacher:\n  lr: [1\n", r"exp.yaml:\d+: invalid YAML"),
         ("data:\n  cache: true\n", r"exp.yaml:2: data.cache: expected 'auto'"),

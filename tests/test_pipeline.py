@@ -25,6 +25,9 @@ TINY = [
     "evaluation.batch_size=64",
     # The visual analysis that ends `slade run` is tested in tests/analysis/.
     "analysis.enabled=false",
+    # SLADE as published, whose basis and confident pairs these tests follow through the pipeline
+    # (the default contextual student runs in tests/reliability/).
+    "student.mining=confident", "student.miner=multi_similarity",
 ]
 METRIC_KEYS = {"recall@1", "recall@2", "recall@4", "recall@8", "map@r", "r_precision",
                "precision@1", "nmi"}

@@ -74,7 +74,8 @@ def train(tree: Path, out: Path) -> None:
     fit(RankingStage(model, images, teacher_cfg, DATA, seed=0), teacher_cfg, out / layout.TEACHER, CPU,
         evaluate)
 
-    student_cfg = StudentConfig(**train_args, basis_warmup_steps=2, unlabeled_batch_size=8,
+    student_cfg = StudentConfig(**train_args, mining="confident", miner="multi_similarity",  # SLADE's basis
+                                basis_warmup_steps=2, unlabeled_batch_size=8,
                                 unlabeled_m_per_class=2)
     pseudo_labels = np.arange(len(images)) // 3
     torch.manual_seed(1)

@@ -15,6 +15,8 @@ SMALL = [
     "data.glyph_train_classes=8", "data.glyph_test_classes=4", "data.glyph_images_per_class=4",
     "data.glyph_pool_size=64", "model.width=8", "model.embedding_dim=16", "student.batch_size=16",
     "student.unlabeled_batch_size=32", "student.basis_warmup_steps=0",
+    # SLADE as published unless a test says otherwise (the default student is the contextual one).
+    "student.mining=confident", "student.miner=multi_similarity",
 ]
 
 
