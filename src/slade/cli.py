@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -269,9 +270,20 @@ def query_command(
         write_text(out, buffer.getvalue())
 
 
+def _log_to_stderr() -> None:
+    """slade's log on stderr, a plain line each: warnings, and what each stage runs with (info)."""
+    logger = logging.getLogger("slade")
+    if not logger.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+
+
 def main() -> None:
     from slade.engine.preemption import PREEMPTED_EXIT, Preempted
 
+    _log_to_stderr()
     try:
         app()
     except Preempted as exc:  # a checkpoint holds the step: rerunning resumes

@@ -118,6 +118,19 @@ class TrainConfig:
 
 
 @dataclass
+class ExecutionConfig:
+    """How every stage runs the network (the `train:` section): numeric precision, compilation."""
+
+    # `auto`: bf16 autocast (and channels-last) on CUDA, fp32 on the CPU; `bf16` also runs on the
+    # CPU; `fp16` (with a gradient scaler) needs CUDA. Training, evaluation and the pseudo labels'
+    # embeddings all use it.
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    # `torch.compile` the backbone of every training stage (in place: checkpoints and model.pt are
+    # unchanged). The first steps of a stage are slower while it compiles.
+    compile: bool = False
+
+
+@dataclass
 class PretrainConfig(TrainConfig):
     """Stage 0: SwAV on the labeled and unlabeled images together, labels ignored."""
 
@@ -249,6 +262,7 @@ class Config:
     seed: int = 0
     # `auto` picks CUDA when present.
     device: str = "auto"
+    train: ExecutionConfig = field(default_factory=ExecutionConfig)
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)

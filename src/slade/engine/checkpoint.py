@@ -73,15 +73,16 @@ class CheckpointSaver:
     """A training stage's ``checkpoint.pt``: everything the rest of its training depends on.
 
     It holds the stage's modules (with their buffers: BatchNorm statistics, the basis Gaussians,
-    SwAV queues), the optimiser, the schedule, the random generators, the position in the batch
-    stream, the stage's own counters (``TrainingStage.extra_state``) and the fingerprint it was
-    made with. Under ``torchrun`` only rank 0 writes it; every rank restores from it.
+    SwAV queues), the optimiser, the schedule, the fp16 gradient scaler, the random generators, the
+    position in the batch stream, the stage's own counters (``TrainingStage.extra_state``) and the
+    fingerprint it was made with. Under ``torchrun`` only rank 0 writes it; every rank restores from it.
     """
 
     def __init__(self, path: Path, stage, modules: dict[str, nn.Module], optimizer, scheduler,
-                 fingerprint: dict[str, Any], cuda: bool = False, write: bool = True) -> None:
+                 fingerprint: dict[str, Any], cuda: bool = False, write: bool = True,
+                 scaler: torch.amp.GradScaler | None = None) -> None:
         self.path, self.stage, self.modules = path, stage, modules
-        self.optimizer, self.scheduler = optimizer, scheduler
+        self.optimizer, self.scheduler, self.scaler = optimizer, scheduler, scaler
         self.fingerprint, self.cuda, self.write = fingerprint, cuda, write
 
     def exists(self) -> bool:
@@ -99,6 +100,8 @@ class CheckpointSaver:
             "modules": {name: m.state_dict() for name, m in self.modules.items()},
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
+            # Empty unless fp16: a disabled scaler has no state.
+            "scaler": self.scaler.state_dict() if self.scaler is not None else {},
             "stage_state": self.stage.extra_state(),
             "torch_rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state_all() if self.cuda else [],
@@ -125,6 +128,9 @@ class CheckpointSaver:
                     f"{path}: does not match the '{name}' module ({str(exc)[:160]})") from None
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
+        if self.scaler is not None and self.scaler.is_enabled() and state.get("scaler"):
+            # A checkpoint of another precision has none: the scaler then starts afresh.
+            self.scaler.load_state_dict(state["scaler"])
         self.stage.load_extra_state(state.get("stage_state", {}))
         torch.set_rng_state(state["torch_rng"])
         if state.get("cuda_rng") and torch.cuda.is_available():

@@ -33,6 +33,7 @@ from slade.data.datasets import ImageDataset
 from slade.data.transforms import eval_transform
 from slade.engine import distributed
 from slade.engine.checkpoint import TRAINING_STATE, load_checkpoint
+from slade.engine.precision import Precision, resolve_precision
 from slade.errors import CheckpointError
 from slade.inference import embed_dataset, load_embedding_net, save_embedder
 from slade.io import read_json, remove_partial_writes, write_json
@@ -56,11 +57,12 @@ def load_model(path: Path, config: Config) -> EmbeddingNet:
 
 def embed_images(config: Config, device: torch.device, model: EmbeddingNet, images: Dataset,
                  out: np.ndarray | None = None, across_ranks: bool = False) -> np.ndarray | None:
-    """Embeddings of ``images`` at the run's image size and evaluation batch size (see
+    """Embeddings of ``images`` at the run's image size, evaluation batch size and precision (see
     ``inference.embed_dataset`` for ``out`` and ``across_ranks``)."""
     transform = eval_transform(config.data.image_size, config.data.channels)
     return embed_dataset(model.to(device), images, transform, device, config.evaluation.batch_size,
-                         out=out, across_ranks=across_ranks)
+                         out=out, across_ranks=across_ranks,
+                         precision=resolve_precision(config.train.precision, device))
 
 
 @dataclass
@@ -82,9 +84,15 @@ class RunContext:
             section: config_fingerprint(getattr(self.config, section)),
             "data": config_fingerprint(self.config.data),
             "model": config_fingerprint(self.config.model),
+            "train": config_fingerprint(self.config.train),  # the precision; compile changes nothing
             "seed": self.config.seed,
             "inputs": inputs,
         }
+
+    @property
+    def precision(self) -> Precision:
+        """``train.precision`` on the run's device."""
+        return resolve_precision(self.config.train.precision, self.device)
 
     def new_model(self) -> EmbeddingNet:
         return new_model(self.config)

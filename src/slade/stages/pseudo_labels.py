@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +25,8 @@ from slade.engine import distributed
 from slade.errors import DataError
 from slade.io import atomic_write, read_json, reserve, write_json, write_text
 from slade.stages.common import RunContext, mark_done, output_digest, stage_current
+
+log = logging.getLogger("slade")
 
 
 @dataclass
@@ -119,6 +122,8 @@ def _make_pseudo_labels(ctx: RunContext, teacher: str, out: Path, fingerprint: d
     cfg = ctx.config.pseudo_labels
     if len(pool) < 2:
         raise DataError(f"the unlabeled pool has {len(pool)} image(s): SLADE needs a pool to cluster")
+    if distributed.is_main():
+        log.info("%s: %s, %s", out.name, ctx.device, ctx.precision.describe())
     model = ctx.load_model(teacher).to(ctx.device)
 
     # Stream the embeddings to disk: a large pool never has to fit in memory twice. Under
