@@ -89,7 +89,14 @@ class ModelConfig:
 
     # A slade CPU network (`convnet4`, `convnet6`) or any timm model name (`resnet50`).
     backbone: str = "convnet4"
+    # The backbone's ImageNet weights from the Hugging Face hub (timm's default tag), or from its
+    # cache without network.
     pretrained: bool = False
+    # Or a local state dict for the backbone: `.safetensors`, or `.pt` / `.pth` / `.bin` (read
+    # without unpickling objects; `{"state_dict": ...}` / `{"model": ...}` containers unwrapped).
+    # Timm's key names (torchvision's ResNets share them); the classifier head is left out. A
+    # relative path is relative to the working directory, like the data paths.
+    weights: str = ""
     embedding_dim: int = 128
     # Channel width of the slade CPU networks (ignored for timm backbones).
     width: int = 64
@@ -472,6 +479,8 @@ def validate(config: Config) -> None:
         (0.0 < config.data.labeled_fraction < 1.0, "data.labeled_fraction: must be in (0, 1)"),
         (config.data.min_images_per_class >= 2, "data.min_images_per_class: must be at least 2"),
         (config.model.embedding_dim >= 2, "model.embedding_dim: must be at least 2"),
+        (not (config.model.pretrained and config.model.weights),
+         "model.weights: set either model.weights or model.pretrained, not both"),
         (config.pseudo_labels.clusters >= 2, "pseudo_labels.clusters: must be at least 2"),
         (config.student.rounds >= 1, "student.rounds: must be at least 1"),
         (0.0 <= config.student.momentum < 1.0, "student.momentum: must be in [0, 1)"),

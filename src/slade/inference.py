@@ -28,6 +28,9 @@ from slade.errors import CheckpointError, ConfigError, DataError
 from slade.models.embedder import EmbeddingNet, create_embedder
 
 EMBEDDER = "slade.embedder"
+# Where a network's first weights came from, not its architecture: a saved model is checked
+# against a config without them.
+INITIAL_WEIGHTS = ("pretrained", "weights")
 
 
 def decoder_for(data: DataConfig) -> Decoder:
@@ -65,7 +68,7 @@ def load_embedding_net(path: str | Path, expected: ModelConfig | None = None) ->
     except (KeyError, TypeError) as exc:
         raise CheckpointError(f"{path}: incomplete embedder checkpoint ({exc})") from None
     if expected is not None:
-        differing = [k for k, v in asdict(expected).items() if k != "pretrained"
+        differing = [k for k, v in asdict(expected).items() if k not in INITIAL_WEIGHTS
                      and asdict(model_config).get(k) != v]
         if differing:
             detail = ", ".join(f"{k}={getattr(model_config, k)!r} vs {getattr(expected, k)!r}"
@@ -81,8 +84,8 @@ def load_embedding_net(path: str | Path, expected: ModelConfig | None = None) ->
 
 
 def _without_pretrained(config: ModelConfig) -> ModelConfig:
-    # The saved weights replace any pretrained ones: never go to the network for them.
-    return ModelConfig(**{**asdict(config), "pretrained": False})
+    # The saved weights replace the initial ones: never go to the hub or the weights file again.
+    return ModelConfig(**{**asdict(config), "pretrained": False, "weights": ""})
 
 
 class _Views(Dataset):

@@ -36,10 +36,25 @@ def load_checkpoint(path: str | Path, kind: str | None = None) -> dict[str, Any]
         CheckpointError: missing, corrupt, unsafe (contains pickled objects), or of another kind.
     """
     path = Path(path)
+    state = load_plain(path, "checkpoint")
+    if not isinstance(state, dict) or "format" not in state:
+        raise CheckpointError(f"{path}: not a slade checkpoint (no 'format' entry)")
+    if kind is not None and state["format"] != kind:
+        raise CheckpointError(f"{path}: is a {state['format']} checkpoint, expected {kind}")
+    return state
+
+
+def load_plain(path: Path, what: str) -> Any:
+    """``torch.load`` with ``weights_only=True`` (tensors and plain containers only) on the CPU.
+
+    Raises:
+        CheckpointError: one line naming the file, ``what`` it is, and why: missing, corrupt, or
+            unsafe (it holds pickled objects, which would run code when loaded).
+    """
     if not path.is_file():
-        raise CheckpointError(f"{path}: checkpoint not found")
+        raise CheckpointError(f"{path}: {what} not found")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else "unsafe content"
         raise CheckpointError(
@@ -48,12 +63,7 @@ def load_checkpoint(path: str | Path, kind: str | None = None) -> dict[str, Any]
         ) from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(f"{path}: corrupt or truncated checkpoint ({first[:160]})") from None
-    if not isinstance(state, dict) or "format" not in state:
-        raise CheckpointError(f"{path}: not a slade checkpoint (no 'format' entry)")
-    if kind is not None and state["format"] != kind:
-        raise CheckpointError(f"{path}: is a {state['format']} checkpoint, expected {kind}")
-    return state
+        raise CheckpointError(f"{path}: corrupt or truncated {what} ({first[:160]})") from None
 
 
 @dataclass

@@ -80,7 +80,7 @@ class RunContext:
 
     def fingerprint(self, section: str, **inputs: Any) -> dict[str, Any]:
         """What the outputs of the stage configured by ``section`` depend on (see the module doc)."""
-        return {
+        fingerprint = {
             section: config_fingerprint(getattr(self.config, section)),
             "data": config_fingerprint(self.config.data),
             "model": config_fingerprint(self.config.model),
@@ -88,6 +88,9 @@ class RunContext:
             "seed": self.config.seed,
             "inputs": inputs,
         }
+        if self.config.model.weights:  # the file's content, not only its name
+            fingerprint["weights"] = file_digest(Path(self.config.model.weights))
+        return fingerprint
 
     @property
     def precision(self) -> Precision:
