@@ -480,7 +480,8 @@ def validate(config: Config) -> None:
         (config.data.min_images_per_class >= 2, "data.min_images_per_class: must be at least 2"),
         (config.model.embedding_dim >= 2, "model.embedding_dim: must be at least 2"),
         (not (config.model.pretrained and config.model.weights),
-         "model.weights: set either model.weights or model.pretrained, not both"),
+         "model.weights: set either model.weights or model.pretrained, not both "
+         "(model.pretrained: false to start from the file)"),
         (config.pseudo_labels.clusters >= 2, "pseudo_labels.clusters: must be at least 2"),
         (config.student.rounds >= 1, "student.rounds: must be at least 1"),
         (0.0 <= config.student.momentum < 1.0, "student.momentum: must be in [0, 1)"),

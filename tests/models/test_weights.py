@@ -205,7 +205,8 @@ def test_pretrained_without_network_fails_at_once_through_the_hubs_offline_mode(
     assert "\n" not in message
     assert message == (f"model.pretrained: cannot load the pretrained weights of {TIMM} "
                        f"(timm/test_resnet.r160_in1k): not in the hub's cache ({tmp_path / 'empty_cache'}) "
-                       "and the hub cannot be reached; give a local copy as model.weights: PATH")
+                       "and the hub cannot be reached; give a local copy as model.weights: PATH with "
+                       "model.pretrained: false")
     assert no_network == []
 
 

@@ -213,9 +213,9 @@ def create_pretrained(name: str, **kwargs: Any) -> nn.Module:
             why = f"not in the hub's cache ({constants.HF_HUB_CACHE}) and the hub cannot be reached"
         else:
             why = f"{type(exc).__name__}: {_first_line(exc)}"
-        raise CheckpointError(f"model.pretrained: cannot load the pretrained weights of {name} "
-                              f"({_hub_source(name)}): {why}; give a local copy as model.weights: PATH"
-                              ) from None
+        raise CheckpointError(
+            f"model.pretrained: cannot load the pretrained weights of {name} ({_hub_source(name)}): "
+            f"{why}; give a local copy as model.weights: PATH with model.pretrained: false") from None
 
 
 @contextlib.contextmanager
