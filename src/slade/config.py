@@ -400,7 +400,7 @@ def _coerce(value: Any, tp: Any, key: str, where: _Where) -> Any:
         if not isinstance(value, dict):
             raise bad
         return dict(value)
-    if dataclasses.is_dataclass(tp):
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
             raise ConfigError(f"{where(key)}: {key}: expected a mapping of settings, got {value!r}")
         return _build(tp, value, key, where)

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, Protocol, overload
 
 import numpy as np
 import torch
@@ -89,7 +89,7 @@ def _without_pretrained(config: ModelConfig) -> ModelConfig:
 
 
 class _Views(Dataset):
-    def __init__(self, images, transform: Transform) -> None:
+    def __init__(self, images: Images, transform: Transform) -> None:
         self.images, self.transform = images, transform
 
     def __len__(self) -> int:
@@ -99,9 +99,33 @@ class _Views(Dataset):
         return self.transform(self.images[i])
 
 
+class Images(Protocol):
+    """What is embedded: a sized, indexable collection of uint8 ``(C, H, W)`` tensors."""
+
+    def __len__(self) -> int: ...
+
+    def __getitem__(self, i: int) -> torch.Tensor: ...
+
+
+@overload
+def embed_dataset(
+    model: EmbeddingNet, images: Images, transform: Transform, device: torch.device,
+    batch_size: int = ..., num_workers: int = ..., out: np.ndarray | None = ...,
+    *, across_ranks: Literal[False] = ..., precision: Precision | None = ...,
+) -> np.ndarray: ...
+
+
+@overload
+def embed_dataset(
+    model: EmbeddingNet, images: Images, transform: Transform, device: torch.device,
+    batch_size: int = ..., num_workers: int = ..., out: np.ndarray | None = ...,
+    *, across_ranks: bool, precision: Precision | None = ...,
+) -> np.ndarray | None: ...
+
+
 @torch.no_grad()
 def embed_dataset(
-    model: EmbeddingNet, images: Dataset, transform: Transform, device: torch.device,
+    model: EmbeddingNet, images: Images, transform: Transform, device: torch.device,
     batch_size: int = 256, num_workers: int = 0, out: np.ndarray | None = None,
     *, across_ranks: bool = False, precision: Precision | None = None,
 ) -> np.ndarray | None:

@@ -189,7 +189,7 @@ class Analysis:
         out = run_dir / layout.ANALYSIS
         for name, content in self.files.items():
             if isinstance(content, bytes):
-                atomic_write(out / name, lambda p, c=content: p.write_bytes(c))
+                atomic_write(out / name, partial(Path.write_bytes, data=content))
             else:
                 write_text(out / name, content)
         write_json(out / layout.GAP, self.record)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import timm
 import torch
 import torch.nn.functional as F
@@ -67,12 +69,13 @@ def create_backbone(config: ModelConfig, in_chans: int) -> tuple[nn.Module, int]
             f"{', '.join(CONVNETS)}, or a timm model name such as resnet50)"
         )
     else:
-        timm_args = {"num_classes": 0, "global_pool": "", "in_chans": in_chans}
+        timm_args: dict[str, Any] = {"num_classes": 0, "global_pool": "", "in_chans": in_chans}
         net = (create_pretrained(config.backbone, **timm_args) if config.pretrained
                else timm.create_model(config.backbone, **timm_args))
     if config.weights:
         load_weights(net, config.weights, config.backbone, in_chans)
-    return net, int(net.num_features)
+    # An int attribute of every timm model and slade convnet, which nn.Module's stub cannot know.
+    return net, int(net.num_features)  # type: ignore[arg-type]
 
 
 def create_embedder(config: ModelConfig, in_chans: int) -> EmbeddingNet:

@@ -238,4 +238,5 @@ def _hub_source(name: str) -> str:
         cfg = None
     if cfg is None:
         return "no weights registered in timm"
-    return cfg.hf_hub_id or cfg.url or "no source registered in timm"
+    url = cfg.url[0] if isinstance(cfg.url, tuple) else cfg.url
+    return cfg.hf_hub_id or url or "no source registered in timm"

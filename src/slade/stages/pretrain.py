@@ -8,7 +8,7 @@ teacher trains it from these backbone weights.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -80,7 +80,7 @@ class SwAVStage(TrainingStage):
                 queue_scores = [self.prototypes(q.projections) for q in self.queues]
         if self.queues:
             for queue, projections in zip(self.queues, z[0].chunk(n_large), strict=False):
-                queue.enqueue(projections)
+                cast(ProjectionQueue, queue).enqueue(projections)  # a ModuleList yields Modules
         loss = self.criterion(list(scores[:n_large]), list(scores[n_large:]), queue_scores)
         return {"loss": loss}
 

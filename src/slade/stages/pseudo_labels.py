@@ -71,6 +71,7 @@ def kmeans(embeddings: np.ndarray, k: int, iterations: int, seed: int, redo: int
     km.train(x)
     similarity, labels = km.index.search(x, 1)  # spherical k-means searches by inner product
     distances = np.maximum(2.0 - 2.0 * similarity[:, 0], 0.0)  # squared distance of unit vectors
+    assert km.centroids is not None  # set by train
     return labels[:, 0].astype(np.int64), distances, km.centroids
 
 

@@ -128,7 +128,7 @@ class StudentStage(TrainingStage):
                  if self.unlabeled_miner else None)
         terms["rank_unlabeled"] = self.loss(z_u, y_u, pairs)
         total = terms["rank_labeled"] + self.config.lambda1 * terms["rank_unlabeled"]
-        if self.mining.filters:
+        if self.mining.filters and pairs is not None:
             self._watch_starvation(pairs, step)
         if self.trains_basis:
             total = total + self.config.lambda2 * (terms["basis_ce"] + terms["basis_sd"])  # Eq. 9
