@@ -19,6 +19,7 @@ test: $(BIN)/slade
 
 lint: $(BIN)/slade
 	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/mypy
 
 clean:
 	rm -rf $(VENV) runs build *.egg-info src/*.egg-info

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import gc
+import logging
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import numpy as np
 import typer
@@ -131,10 +132,10 @@ def evaluate(
         raise DataError(f"--k: expected integers separated by commas, got {k!r}") from None
     if (gallery is None) != (gallery_labels is None):
         raise DataError("--gallery and --gallery-labels go together")
-    args = [_load_array(query, "query"), _load_array(query_labels, "query labels")]
-    if gallery is not None:
-        args += [_load_array(gallery, "gallery"), _load_array(gallery_labels, "gallery labels")]
-    metrics = evaluate_embeddings(*args, ks=ks, nmi=nmi, max_memory_mb=max_memory_mb, index=index,
+    q, ql = _load_array(query, "query"), _load_array(query_labels, "query labels")
+    g = None if gallery is None else _load_array(gallery, "gallery")
+    gl = None if gallery_labels is None else _load_array(gallery_labels, "gallery labels")
+    metrics = evaluate_embeddings(q, ql, g, gl, ks=ks, nmi=nmi, max_memory_mb=max_memory_mb, index=index,
                                   nprobe=nprobe)
     for name, value in metrics.items():
         print(f"{name}\t{value:.6f}")
@@ -257,8 +258,9 @@ def query_command(
         raise DataError(f"--out {out}: give a .json or .csv file")
     files = image_files(images)
     results = RetrievalIndex.load(index_dir).search(files, k)
-    rows = [{"query": str(f), "rank": n.rank, "image": n.image, "similarity": round(n.similarity, 6)}
-            for f, neighbours in zip(files, results, strict=True) for n in neighbours]
+    rows: list[dict[str, Any]] = [
+        {"query": str(f), "rank": n.rank, "image": n.image, "similarity": round(n.similarity, 6)}
+        for f, neighbours in zip(files, results, strict=True) for n in neighbours]
     if out is None:
         table = Table("query", "rank", "similarity", "image")
         for column in (table.columns[0], table.columns[3]):
@@ -295,6 +297,16 @@ def export_command(
                   f"{spec.image_size}) images -> {spec.embedding_dim}-d embeddings)")
 
 
+def _log_to_stderr() -> None:
+    """slade's log on stderr, a plain line each: warnings, and what each stage runs with (info)."""
+    logger = logging.getLogger("slade")
+    if not logger.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+
+
 def main() -> None:
     try:
         _main()
@@ -305,6 +317,7 @@ def main() -> None:
 
 
 def _main() -> None:
+    _log_to_stderr()
     try:
         app()
     except Preempted as exc:  # a checkpoint holds the step: rerunning resumes

@@ -89,7 +89,14 @@ class ModelConfig:
 
     # A slade CPU network (`convnet4`, `convnet6`) or any timm model name (`resnet50`).
     backbone: str = "convnet4"
+    # The backbone's ImageNet weights from the Hugging Face hub (timm's default tag), or from its
+    # cache without network.
     pretrained: bool = False
+    # Or a local state dict for the backbone: `.safetensors`, or `.pt` / `.pth` / `.bin` (read
+    # without unpickling objects; `{"state_dict": ...}` / `{"model": ...}` containers unwrapped).
+    # Timm's key names (torchvision's ResNets share them); the classifier head is left out. A
+    # relative path is relative to the working directory, like the data paths.
+    weights: str = ""
     embedding_dim: int = 128
     # Channel width of the slade CPU networks (ignored for timm backbones).
     width: int = 64
@@ -115,6 +122,19 @@ class TrainConfig:
     # caused it (at most `max_rollbacks` times in the stage), or `stop` with an error.
     nonfinite: Literal["rollback", "stop"] = "rollback"
     max_rollbacks: int = 3
+
+
+@dataclass
+class ExecutionConfig:
+    """How every stage runs the network (the `train:` section): numeric precision, compilation."""
+
+    # `auto`: bf16 autocast (and channels-last) on CUDA, fp32 on the CPU; `bf16` also runs on the
+    # CPU; `fp16` (with a gradient scaler) needs CUDA. Training, evaluation and the pseudo labels'
+    # embeddings all use it.
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    # `torch.compile` the backbone of every training stage (in place: checkpoints and model.pt are
+    # unchanged). The first steps of a stage are slower while it compiles.
+    compile: bool = False
 
 
 @dataclass
@@ -256,6 +276,7 @@ class Config:
     seed: int = 0
     # `auto` picks CUDA when present.
     device: str = "auto"
+    train: ExecutionConfig = field(default_factory=ExecutionConfig)
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
@@ -388,7 +409,7 @@ def _coerce(value: Any, tp: Any, key: str, where: _Where) -> Any:
         if not isinstance(value, dict):
             raise bad
         return dict(value)
-    if dataclasses.is_dataclass(tp):
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
             raise ConfigError(f"{where(key)}: {key}: expected a mapping of settings, got {value!r}")
         return _build(tp, value, key, where)
@@ -467,6 +488,9 @@ def validate(config: Config) -> None:
         (0.0 < config.data.labeled_fraction < 1.0, "data.labeled_fraction: must be in (0, 1)"),
         (config.data.min_images_per_class >= 2, "data.min_images_per_class: must be at least 2"),
         (config.model.embedding_dim >= 2, "model.embedding_dim: must be at least 2"),
+        (not (config.model.pretrained and config.model.weights),
+         "model.weights: set either model.weights or model.pretrained, not both "
+         "(model.pretrained: false to start from the file)"),
         (config.pseudo_labels.clusters >= 2, "pseudo_labels.clusters: must be at least 2"),
         (config.student.rounds >= 1, "student.rounds: must be at least 1"),
         (0.0 <= config.student.momentum < 1.0, "student.momentum: must be in [0, 1)"),

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, Protocol, overload
 
 import numpy as np
 import torch
@@ -23,10 +23,14 @@ from slade.data.transforms import Transform, eval_transform
 from slade.engine import distributed
 from slade.engine.checkpoint import load_checkpoint, save_checkpoint
 from slade.engine.device import resolve_device
+from slade.engine.precision import Precision, resolve_precision
 from slade.errors import CheckpointError, ConfigError, DataError
 from slade.models.embedder import EmbeddingNet, create_embedder
 
 EMBEDDER = "slade.embedder"
+# Where a network's first weights came from, not its architecture: a saved model is checked
+# against a config without them.
+INITIAL_WEIGHTS = ("pretrained", "weights")
 
 
 def decoder_for(data: DataConfig) -> Decoder:
@@ -64,7 +68,7 @@ def load_embedding_net(path: str | Path, expected: ModelConfig | None = None) ->
     except (KeyError, TypeError) as exc:
         raise CheckpointError(f"{path}: incomplete embedder checkpoint ({exc})") from None
     if expected is not None:
-        differing = [k for k, v in asdict(expected).items() if k != "pretrained"
+        differing = [k for k, v in asdict(expected).items() if k not in INITIAL_WEIGHTS
                      and asdict(model_config).get(k) != v]
         if differing:
             detail = ", ".join(f"{k}={getattr(model_config, k)!r} vs {getattr(expected, k)!r}"
@@ -80,12 +84,12 @@ def load_embedding_net(path: str | Path, expected: ModelConfig | None = None) ->
 
 
 def _without_pretrained(config: ModelConfig) -> ModelConfig:
-    # The saved weights replace any pretrained ones: never go to the network for them.
-    return ModelConfig(**{**asdict(config), "pretrained": False})
+    # The saved weights replace the initial ones: never go to the hub or the weights file again.
+    return ModelConfig(**{**asdict(config), "pretrained": False, "weights": ""})
 
 
 class _Views(Dataset):
-    def __init__(self, images, transform: Transform) -> None:
+    def __init__(self, images: Images, transform: Transform) -> None:
         self.images, self.transform = images, transform
 
     def __len__(self) -> int:
@@ -95,50 +99,77 @@ class _Views(Dataset):
         return self.transform(self.images[i])
 
 
+class Images(Protocol):
+    """What is embedded: a sized, indexable collection of uint8 ``(C, H, W)`` tensors."""
+
+    def __len__(self) -> int: ...
+
+    def __getitem__(self, i: int) -> torch.Tensor: ...
+
+
+@overload
+def embed_dataset(
+    model: EmbeddingNet, images: Images, transform: Transform, device: torch.device,
+    batch_size: int = ..., num_workers: int = ..., out: np.ndarray | None = ...,
+    *, across_ranks: Literal[False] = ..., precision: Precision | None = ...,
+) -> np.ndarray: ...
+
+
+@overload
+def embed_dataset(
+    model: EmbeddingNet, images: Images, transform: Transform, device: torch.device,
+    batch_size: int = ..., num_workers: int = ..., out: np.ndarray | None = ...,
+    *, across_ranks: bool, precision: Precision | None = ...,
+) -> np.ndarray | None: ...
+
+
 @torch.no_grad()
 def embed_dataset(
-    model: EmbeddingNet, images: Dataset, transform: Transform, device: torch.device,
+    model: EmbeddingNet, images: Images, transform: Transform, device: torch.device,
     batch_size: int = 256, num_workers: int = 0, out: np.ndarray | None = None,
-    *, across_ranks: bool = False,
+    *, across_ranks: bool = False, precision: Precision | None = None,
 ) -> np.ndarray | None:
     """Embed every image of ``images`` (uint8 tensors) into ``out`` (allocated when not given).
 
     ``out`` may be a ``np.memmap``, so that embeddings of a large pool stream to disk.
+    ``precision`` (``train.precision``; None: ``auto``) sets the autocast dtype and the layout; the
+    embeddings are float32 whatever it is.
 
     With ``across_ranks`` under ``torchrun``, every rank must call this: each embeds its
     contiguous share of the images, and rank 0 receives every row into ``out`` (one batch per
     rank at a time, so nothing is held twice) and returns it; the other ranks return ``None``.
     Unreadable images a lazily read set meets on any rank are then known to every rank.
     """
+    precision = precision or resolve_precision("auto", device)
     if across_ranks and distributed.active():
-        return _embed_across_ranks(model, images, transform, device, batch_size, num_workers, out)
+        return _embed_across_ranks(model, images, transform, device, batch_size, num_workers, out,
+                                   precision)
     if out is None:
         out = np.empty((len(images), model.embedding_dim), dtype=np.float32)
     position = 0
-    for z in _embedded_batches(model, images, transform, device, batch_size, num_workers):
+    for z in _embedded_batches(model, images, transform, device, batch_size, num_workers, precision):
         out[position : position + len(z)] = z.float().cpu().numpy()
         position += len(z)
     return out
 
 
-def _embedded_batches(model, images, transform, device, batch_size, num_workers):
+def _embedded_batches(model, images, transform, device, batch_size, num_workers, precision):
     was_training = model.training
     model.eval()
     loader = DataLoader(_Views(images, transform), batch_size=batch_size, num_workers=num_workers,
                         pin_memory=device.type == "cuda")
-    cuda = device.type == "cuda"
     try:
         for x in loader:
             x = x.to(device, non_blocking=True)
-            if cuda:
+            if precision.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda):
+            with precision.autocast(device):
                 yield model(x)
     finally:
         model.train(was_training)
 
 
-def _embed_across_ranks(model, images, transform, device, batch_size, num_workers, out):
+def _embed_across_ranks(model, images, transform, device, batch_size, num_workers, out, precision):
     world, me, n, d = distributed.world_size(), distributed.rank(), len(images), model.embedding_dim
     share = -(-n // world)
 
@@ -149,7 +180,7 @@ def _embed_across_ranks(model, images, transform, device, batch_size, num_worker
     if me == 0 and out is None:
         out = np.empty((n, d), dtype=np.float32)
     mine = _embedded_batches(model, Subset(images, range(start, stop)), transform, device,
-                             batch_size, num_workers)
+                             batch_size, num_workers, precision)
     comm = distributed.comm_device()
     for step in range(-(-share // batch_size)):  # the same number of gathers on every rank
         piece = torch.zeros(batch_size, d, device=comm)

@@ -64,7 +64,7 @@ def writing(path: str | Path) -> Iterator[Path]:
         raise error from exc
 
 
-def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
+def atomic_write(path: str | Path, write: Callable[[Path], object]) -> Path:
     """Call ``write(tmp_path)``, flush it to disk and rename the result to ``path``.
 
     A process killed before the rename leaves ``path`` as it was (and a ``.<name>.*.tmp`` file that

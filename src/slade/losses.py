@@ -41,7 +41,7 @@ def _lookup(module, name: str, aliases: dict[str, str], key: str, base: type) ->
 
 
 def _construct(cls: type, args: dict[str, Any], context: dict[str, Any], key: str) -> Any:
-    params = inspect.signature(cls.__init__).parameters
+    params = inspect.signature(cls).parameters
     # Proxy and classification losses need the class count and embedding size: supply them.
     kwargs = {k: v for k, v in context.items() if k in params and k not in args}
     try:

@@ -32,9 +32,11 @@ from slade.data.build import build_splits, prepare
 from slade.data.datasets import start_bad_image_report, write_bad_image_report
 from slade.engine import distributed
 from slade.engine.device import resolve_device
+from slade.engine.precision import resolve_precision
 from slade.engine.run_lock import RunLock
 from slade.errors import ConfigError, SladeError, TooManyBadImages
 from slade.io import read_json, remove_partial_writes, write_json, write_text
+from slade.models.weights import require_weights_file
 from slade.stages.common import RunContext
 
 log = logging.getLogger("slade")
@@ -70,7 +72,11 @@ def run(config: Config, run_dir: str | Path, until: str | None = None, force: bo
     if until is not None and until not in stage_names(config):
         raise ConfigError(f"--until: unknown stage {until!r} (stages: {', '.join(stage_names(config))})")
     run_dir = Path(run_dir)
-    device = distributed.setup(resolve_device(config.device))  # joins torchrun's processes
+    device = resolve_device(config.device)
+    resolve_precision(config.train.precision, device)  # fp16 without CUDA stops here, before any work
+    if config.model.weights:
+        require_weights_file(config.model.weights)  # and so does a missing weights file
+    device = distributed.setup(device)  # joins torchrun's processes
     main = distributed.is_main()  # the only process that writes files, and holds the lock
     with RunLock(run_dir) if main else contextlib.nullcontext():
         return _run(config, run_dir, until, force, device, main)

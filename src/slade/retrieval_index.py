@@ -19,6 +19,7 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -50,7 +51,7 @@ class Neighbour:
     similarity: float
 
 
-def image_files(inputs: list[str | Path]) -> list[Path]:
+def image_files(inputs: Sequence[str | Path]) -> list[Path]:
     """Image files named directly, and those found (recursively, sorted) in folders."""
     files: list[Path] = []
     for item in map(Path, inputs):
@@ -86,7 +87,7 @@ def _embed(embedder: Embedder | OnnxEmbedder, files: list[Path],
     return vectors, kept, bad
 
 
-def build_index(checkpoint: str | Path, inputs: list[str | Path], out: str | Path, batch_size: int = 256,
+def build_index(checkpoint: str | Path, inputs: Sequence[str | Path], out: str | Path, batch_size: int = 256,
                 skip_bad: bool = False, device: str = "auto") -> dict:
     """Embed the gallery images in ``inputs`` with ``checkpoint`` (a ``model.pt``, or a ``.onnx``
     export run by onnxruntime) and write the index to ``out``.
@@ -175,7 +176,8 @@ class RetrievalIndex:
                                   "rebuild it with `slade index`")
         return cls(load_embedder(directory / model, device), index, images)
 
-    def search(self, queries: list[str | Path], k: int = 10, batch_size: int = 256) -> list[list[Neighbour]]:
+    def search(self, queries: Sequence[str | Path], k: int = 10,
+               batch_size: int = 256) -> list[list[Neighbour]]:
         """The ``k`` nearest gallery images of each query, most similar first.
 
         Raises:

@@ -1,4 +1,7 @@
+import functools
 import json
+import logging
+import os
 import pickle
 
 import pytest
@@ -10,6 +13,7 @@ from slade.data.datasets import ImageDataset
 from slade.data.folders import read_class_folders
 from slade.data.images import Decoder
 from slade.engine.checkpoint import load_checkpoint
+from slade.engine.precision import Precision, resolve_precision
 from slade.engine.trainer import JsonlLog, fit, warmup_cosine
 from slade.errors import CheckpointError, TrainingError
 from slade.models.embedder import create_embedder
@@ -198,3 +202,69 @@ def test_corrupt_and_foreign_checkpoints(tmp_path):
         load_checkpoint(good, "slade.training-state")
     with pytest.raises(CheckpointError, match="missing.pt: checkpoint not found"):
         load_checkpoint(tmp_path / "missing.pt")
+
+
+def logged_losses(run_dir):
+    return [json.loads(line)["loss"] for line in (run_dir / layout.LOG).read_text().splitlines()]
+
+
+def test_bf16_on_the_cpu_trains_close_to_fp32_and_says_so(class_tree, tmp_path, caplog):
+    fp32, cfg = make_stage(class_tree)
+    fit(fp32, cfg, tmp_path / "fp32", CPU, precision=resolve_precision("fp32", CPU))
+    bf16, _ = make_stage(class_tree)
+    with caplog.at_level(logging.INFO, logger="slade"):
+        fit(bf16, cfg, tmp_path / "bf16", CPU, precision=resolve_precision("bf16", CPU))
+    assert "teacher: cpu, bf16, compile off" in caplog.messages
+    a, b = logged_losses(tmp_path / "fp32"), logged_losses(tmp_path / "bf16")
+    assert a != b  # bf16 did run
+    # The same batches from the same weights; later steps drift apart as the weights do.
+    assert b[:3] == pytest.approx(a[:3], rel=0.02)
+    assert all(v.dtype == torch.float32 for v in bf16.model.state_dict().values() if v.is_floating_point())
+
+
+def test_fp16_gradient_scaler_state_resumes_exactly(class_tree, tmp_path):
+    # fp16 is refused on the CPU by train.precision; the engine itself runs it (GradScaler("cpu")).
+    fp16 = Precision("fp16", "fp16", channels_last=False)
+    reference, cfg = make_stage(class_tree)
+    fit(reference, cfg, tmp_path / "reference", CPU, precision=fp16)
+    scaler = load_checkpoint(tmp_path / "reference" / layout.CHECKPOINT)["scaler"]
+    assert scaler["scale"] < 2.0**16  # the first step overflowed at the initial scale and was skipped
+
+    interrupted, _ = make_stage(class_tree)
+    original = interrupted.loss_terms
+
+    def crash_at_step_4(batch, step):
+        if step == 4:
+            raise KeyboardInterrupt
+        return original(batch, step)
+
+    interrupted.loss_terms = crash_at_step_4
+    with pytest.raises(KeyboardInterrupt):
+        fit(interrupted, cfg, tmp_path / "run", CPU, precision=fp16)
+    assert load_checkpoint(tmp_path / "run" / layout.CHECKPOINT)["scaler"]["scale"] == scaler["scale"]
+    resumed, _ = make_stage(class_tree)
+    fit(resumed, cfg, tmp_path / "run", CPU, precision=fp16)
+    assert load_checkpoint(tmp_path / "run" / layout.CHECKPOINT)["scaler"] == scaler
+    for key, value in weights(reference).items():
+        assert torch.allclose(value, resumed.model.state_dict()[key], atol=1e-6), key
+    assert logged_losses(tmp_path / "run") == logged_losses(tmp_path / "reference")
+
+
+@pytest.mark.parametrize("backend", [
+    "eager",  # dynamo's tracing alone: the wiring, in seconds
+    pytest.param("inductor", marks=pytest.mark.skipif(
+        not os.environ.get("SLADE_TEST_COMPILE"),
+        reason="inductor compiles C++ for minutes on 2 CPU cores (about 140 s cold here); "
+               "set SLADE_TEST_COMPILE=1 to run it")),
+])
+def test_compiled_backbone_trains_like_the_eager_one(class_tree, tmp_path, monkeypatch, backend):
+    three_steps = {"steps": 3, "checkpoint_every": 0}
+    eager, cfg = make_stage(class_tree, **three_steps)
+    fit(eager, cfg, tmp_path / "eager", CPU)
+    compiled, _ = make_stage(class_tree, **three_steps)
+    keys = list(compiled.model.state_dict())
+    monkeypatch.setattr(torch, "compile", functools.partial(torch.compile, backend=backend))
+    fit(compiled, cfg, tmp_path / "compiled", CPU, compile=True)
+    assert compiled.model.backbone._compiled_call_impl is not None
+    assert list(compiled.model.state_dict()) == keys  # checkpoints and model.pt are unchanged
+    assert logged_losses(tmp_path / "compiled") == pytest.approx(logged_losses(tmp_path / "eager"), abs=1e-4)

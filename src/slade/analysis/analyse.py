@@ -10,10 +10,11 @@
     RUN/report.html                            all of it on one self-contained page, written last
 
 The *initial* embedding is what the teacher started from: the stage-0 weights, or a freshly
-initialised network (random, or ImageNet weights with ``model.pretrained``) when stage 0 did not
-run. Everything is computed before anything is written, and every file is written atomically, so
-a failed analysis leaves the previous report whole. The gap goes to ``RUN/metrics.json`` through
-the pipeline (``slade run``, ``slade tsne``), which alone writes that file.
+initialised network (random, ImageNet weights with ``model.pretrained``, or ``model.weights``)
+when stage 0 did not run. Everything is computed before anything is written, and every file is
+written atomically, so a failed analysis leaves the previous report whole. The gap goes to
+``RUN/metrics.json`` through the pipeline (``slade run``, ``slade tsne``), which alone writes that
+file.
 """
 
 from __future__ import annotations
@@ -88,6 +89,9 @@ def plan_embeddings(run_dir: Path, config: Config) -> list[EmbeddingSource]:
         initial = EmbeddingSource("initial", "stage-0 SwAV weights", run_dir / pretrain / layout.MODEL)
     elif config.model.pretrained:
         initial = EmbeddingSource("initial", f"{config.model.backbone} ImageNet weights", None)
+    elif config.model.weights:
+        initial = EmbeddingSource("initial", f"{config.model.backbone} weights from {config.model.weights}",
+                                  None)
     else:
         initial = EmbeddingSource("initial", f"random initialisation (seed {config.seed})", None)
     found = [initial]
@@ -185,7 +189,7 @@ class Analysis:
         out = run_dir / layout.ANALYSIS
         for name, content in self.files.items():
             if isinstance(content, bytes):
-                atomic_write(out / name, lambda p, c=content: p.write_bytes(c))
+                atomic_write(out / name, partial(Path.write_bytes, data=content))
             else:
                 write_text(out / name, content)
         write_json(out / layout.GAP, self.record)

@@ -92,7 +92,7 @@ def basis_similarity_figure(similarity: np.ndarray, pseudo_labels: np.ndarray, m
     fig = Figure(figsize=(6.0, 3.8))
     ax = fig.subplots()
     low = min(float(values.min()) if len(values) else 0.0, mu_pos, mu_neg)
-    bins = np.linspace(max(-1.0, low - 0.05), 1.0, 61)
+    bins = np.linspace(max(-1.0, low - 0.05), 1.0, 61).tolist()
     for mask, label, colour in ((~same, "different clusters", "#c62828"), (same, "same cluster", "#2e7d32")):
         if mask.any():
             ax.hist(values[mask], bins=bins, density=True, alpha=0.5, color=colour,
@@ -114,7 +114,7 @@ def cluster_size_figure(pseudo_labels: np.ndarray, title: str) -> Figure:
     ax = fig.subplots()
     top = int(sizes.max())
     bins = (np.arange(-0.5, top + 1.5) if top <= 60
-            else np.unique(np.round(np.geomspace(1, top + 1, 40))) - 0.5)
+            else np.unique(np.round(np.geomspace(1, top + 1, 40))) - 0.5).tolist()
     ax.hist(sizes, bins=bins, color="#546e7a")
     if top > 60:
         ax.set_xscale("log")

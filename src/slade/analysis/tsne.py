@@ -20,6 +20,7 @@ from html import escape
 
 import numpy as np
 from matplotlib import colormaps
+from matplotlib.collections import Collection
 from matplotlib.colors import to_hex
 from matplotlib.figure import Figure
 from openTSNE import TSNE
@@ -105,17 +106,19 @@ def plot_map(coords: np.ndarray, points: MapPoints, title: str, subtitle: str = 
     fig = Figure(figsize=(7.0, 7.4))
     ax = fig.subplots()
     pool = points.kind == UNLABELED
-    ax.scatter(*coords[pool].T, s=5, c=GREY, alpha=0.55, linewidths=0, label="unlabeled pool (grey)")
+    ax.scatter(coords[pool, 0], coords[pool, 1], s=5, c=GREY, alpha=0.55, linewidths=0,
+               label="unlabeled pool (grey)")
     for kind, marker, label in ((LABELED_90, "+", "labeled, 90% (+)"), (LABELED_10, "x", "labeled, 10% (×)")):
         chosen = points.kind == kind
-        ax.scatter(*coords[chosen].T, s=18, marker=marker, c=class_colours(points.labels[chosen]),
-                   linewidths=0.8, label=label)
+        ax.scatter(coords[chosen, 0], coords[chosen, 1], s=18, marker=marker,
+                   c=class_colours(points.labels[chosen]), linewidths=0.8, label=label)
     ax.set_xticks([])
     ax.set_yticks([])
     ax.set_title(title + (f"\n{subtitle}" if subtitle else ""), fontsize=10)
     legend = ax.legend(loc="lower right", fontsize=7, markerscale=1.5, framealpha=0.8)
     for handle in legend.legend_handles:
-        handle.set_color("#444")
+        if isinstance(handle, Collection):  # the scatters' markers
+            handle.set_color("#444")
     fig.tight_layout()
     return fig
 

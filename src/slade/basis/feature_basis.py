@@ -88,6 +88,13 @@ class FeatureBasis(nn.Module):
         momentum: ``beta`` of Eq. 6.
     """
 
+    # Buffers (registered by name below), declared for type checkers.
+    mu_pos: torch.Tensor
+    var_pos: torch.Tensor
+    mu_neg: torch.Tensor
+    var_neg: torch.Tensor
+    initialized: torch.Tensor
+
     def __init__(self, dim: int, size: int, scale: float = 16.0, momentum: float = 0.99,
                  normalise: bool = True) -> None:
         super().__init__()

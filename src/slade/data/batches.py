@@ -11,12 +11,14 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import cast
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, IterableDataset
+from torch.utils.data import DataLoader, IterableDataset
 
-from slade.data.transforms import Transform
+from slade.data.datasets import ImageDataset, UnlabeledUnion
+from slade.data.transforms import MultiCrop, Transform
 from slade.engine import distributed
 from slade.errors import DataError
 
@@ -88,7 +90,8 @@ class _Stream(IterableDataset):
     in-order collection restores the sequence.
     """
 
-    def __init__(self, sampler, images: Dataset, transform: Transform, start: int):
+    def __init__(self, sampler, images: ImageDataset | UnlabeledUnion, transform: Transform | MultiCrop,
+                 start: int):
         self.sampler, self.images, self.transform, self.start = sampler, images, transform, start
         self.part = (distributed.rank(), distributed.world_size())  # loader workers are not ranks
 
@@ -114,12 +117,12 @@ class _Stream(IterableDataset):
         indices = torch.as_tensor(chosen)
         if isinstance(views[0], list):  # multi-crop: a list of crops per image
             return [torch.stack(v) for v in zip(*views, strict=False)], labels, indices
-        return torch.stack(views), labels, indices
+        return torch.stack(cast(list[torch.Tensor], views)), labels, indices  # a tensor per image
 
 
 def batch_loader(
-    sampler, images: Dataset, transform: Transform, start: int = 0, num_workers: int = 0,
-    pin_memory: bool | None = None,
+    sampler, images: ImageDataset | UnlabeledUnion, transform: Transform | MultiCrop, start: int = 0,
+    num_workers: int = 0, pin_memory: bool | None = None,
 ) -> Iterator[tuple]:
     """An endless iterator of ``(inputs, labels, indices)`` from batch number ``start`` on.
 

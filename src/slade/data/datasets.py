@@ -95,8 +95,8 @@ class ImageDataset(Dataset):
     def _read(self, index: int) -> np.ndarray:
         # The image itself, else the next readable member of its class (cyclically).
         members = np.flatnonzero(self.labels == self.labels[index])
-        for candidate in np.roll(members, -int(np.searchsorted(members, index))):
-            candidate = int(candidate)
+        for member in np.roll(members, -int(np.searchsorted(members, index))):
+            candidate = int(member)
             if candidate in self._bad_index:
                 continue
             try:
@@ -191,7 +191,7 @@ def fits_in_memory(n_images: int, decoder: Decoder, limit_mb: int) -> bool:
 class UnlabeledUnion(Dataset):
     """Several image datasets as one, labels hidden (``-1``): the input of self-supervised training."""
 
-    def __init__(self, *parts: Dataset) -> None:
+    def __init__(self, *parts: ImageDataset) -> None:
         self.parts = [p for p in parts if len(p)]
         self.offsets = np.cumsum([0] + [len(p) for p in self.parts])
         self.labels = np.full(int(self.offsets[-1]), -1, dtype=np.int64)

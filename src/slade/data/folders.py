@@ -141,8 +141,7 @@ def read_csv_list(
                 if not any(cell.strip() for cell in row):
                     continue
                 value = row[path_at].strip() if path_at < len(row) else ""
-                has_label = label_at is not None and label_at < len(row)
-                label = row[label_at].strip() if has_label else ""
+                label = row[label_at].strip() if label_at is not None and label_at < len(row) else ""
                 if not value:
                     raise DataError(f"{where}: empty path")
                 if labeled and not label:

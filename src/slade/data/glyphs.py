@@ -62,7 +62,7 @@ try:
 
     _NO_HINTING = LoadFlags.NO_HINTING
 except ImportError:  # matplotlib < 3.10 takes the flag as an int
-    from matplotlib.ft2font import LOAD_NO_HINTING as _NO_HINTING
+    from matplotlib.ft2font import LOAD_NO_HINTING as _NO_HINTING  # type: ignore[attr-defined, no-redef]
 
 LABELED_DOMAIN = "dejavu"
 UNLABELED_DOMAIN = "stix-cm"

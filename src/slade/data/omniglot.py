@@ -108,11 +108,11 @@ def read_omniglot_archives(paths: Iterable[str | Path], domain: str = "omniglot"
     Raises:
         DataError: as :func:`read_omniglot`, naming the archive at fault.
     """
-    paths = [Path(p) for p in paths]
-    if not paths:
+    archives = [Path(p) for p in paths]
+    if not archives:
         raise ValueError("read_omniglot_archives needs at least one archive")
     entries: _Entries = {}
-    for path in paths:
-        for key, source in _scan(path).items():
+    for archive in archives:
+        for key, source in _scan(archive).items():
             entries.setdefault(key, source)
-    return _image_set(entries, domain, "+".join(p.stem for p in paths))
+    return _image_set(entries, domain, "+".join(p.stem for p in archives))

@@ -92,5 +92,6 @@ def _alphabets(characters: ImageSet, alphabets: tuple[str, ...], name: str, base
     absent = sorted(set(alphabets) - set(alphabet_of))
     if absent:
         raise DataError(f"{base / 'omniglot'}: alphabet {absent[0]} not found in the archives")
-    keep = [i for i, r in enumerate(characters.records) if alphabet_of[r.label] in alphabets]
+    keep = [i for i, r in enumerate(characters.records)
+            if characters.class_name(r).split("/")[0] in alphabets]
     return relabel(characters.subset(keep, name))

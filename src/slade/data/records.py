@@ -59,6 +59,12 @@ class ImageSet:
         """Class indices as int64; -1 where a record has no label."""
         return np.array([-1 if r.label is None else r.label for r in self.records], dtype=np.int64)
 
+    def class_name(self, record: ImageRecord) -> str:
+        """The class name of a labeled record of this set."""
+        if record.label is None:
+            raise ValueError(f"{record.source}: the record has no label")
+        return self.class_names[record.label]
+
     def class_counts(self) -> Counter:
         return Counter(r.label for r in self.records if r.label is not None)
 

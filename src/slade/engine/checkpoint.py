@@ -36,10 +36,25 @@ def load_checkpoint(path: str | Path, kind: str | None = None) -> dict[str, Any]
         CheckpointError: missing, corrupt, unsafe (contains pickled objects), or of another kind.
     """
     path = Path(path)
+    state = load_plain(path, "checkpoint")
+    if not isinstance(state, dict) or "format" not in state:
+        raise CheckpointError(f"{path}: not a slade checkpoint (no 'format' entry)")
+    if kind is not None and state["format"] != kind:
+        raise CheckpointError(f"{path}: is a {state['format']} checkpoint, expected {kind}")
+    return state
+
+
+def load_plain(path: Path, what: str) -> Any:
+    """``torch.load`` with ``weights_only=True`` (tensors and plain containers only) on the CPU.
+
+    Raises:
+        CheckpointError: one line naming the file, ``what`` it is, and why: missing, corrupt, or
+            unsafe (it holds pickled objects, which would run code when loaded).
+    """
     if not path.is_file():
-        raise CheckpointError(f"{path}: checkpoint not found")
+        raise CheckpointError(f"{path}: {what} not found")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         reason = str(exc).strip().splitlines()[-1] if str(exc).strip() else "unsafe content"
         raise CheckpointError(
@@ -48,12 +63,7 @@ def load_checkpoint(path: str | Path, kind: str | None = None) -> dict[str, Any]
         ) from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(f"{path}: corrupt or truncated checkpoint ({first[:160]})") from None
-    if not isinstance(state, dict) or "format" not in state:
-        raise CheckpointError(f"{path}: not a slade checkpoint (no 'format' entry)")
-    if kind is not None and state["format"] != kind:
-        raise CheckpointError(f"{path}: is a {state['format']} checkpoint, expected {kind}")
-    return state
+        raise CheckpointError(f"{path}: corrupt or truncated {what} ({first[:160]})") from None
 
 
 @dataclass
@@ -73,15 +83,16 @@ class CheckpointSaver:
     """A training stage's ``checkpoint.pt``: everything the rest of its training depends on.
 
     It holds the stage's modules (with their buffers: BatchNorm statistics, the basis Gaussians,
-    SwAV queues), the optimiser, the schedule, the random generators, the position in the batch
-    stream, the stage's own counters (``TrainingStage.extra_state``) and the fingerprint it was
-    made with. Under ``torchrun`` only rank 0 writes it; every rank restores from it.
+    SwAV queues), the optimiser, the schedule, the fp16 gradient scaler, the random generators, the
+    position in the batch stream, the stage's own counters (``TrainingStage.extra_state``) and the
+    fingerprint it was made with. Under ``torchrun`` only rank 0 writes it; every rank restores from it.
     """
 
     def __init__(self, path: Path, stage, modules: dict[str, nn.Module], optimizer, scheduler,
-                 fingerprint: dict[str, Any], cuda: bool = False, write: bool = True) -> None:
+                 fingerprint: dict[str, Any], cuda: bool = False, write: bool = True,
+                 scaler: torch.amp.GradScaler | None = None) -> None:
         self.path, self.stage, self.modules = path, stage, modules
-        self.optimizer, self.scheduler = optimizer, scheduler
+        self.optimizer, self.scheduler, self.scaler = optimizer, scheduler, scaler
         self.fingerprint, self.cuda, self.write = fingerprint, cuda, write
 
     def exists(self) -> bool:
@@ -99,6 +110,8 @@ class CheckpointSaver:
             "modules": {name: m.state_dict() for name, m in self.modules.items()},
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
+            # Empty unless fp16: a disabled scaler has no state.
+            "scaler": self.scaler.state_dict() if self.scaler is not None else {},
             "stage_state": self.stage.extra_state(),
             "torch_rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state_all() if self.cuda else [],
@@ -125,6 +138,9 @@ class CheckpointSaver:
                     f"{path}: does not match the '{name}' module ({str(exc)[:160]})") from None
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
+        if self.scaler is not None and self.scaler.is_enabled() and state.get("scaler"):
+            # A checkpoint of another precision has none: the scaler then starts afresh.
+            self.scaler.load_state_dict(state["scaler"])
         self.stage.load_extra_state(state.get("stage_state", {}))
         torch.set_rng_state(state["torch_rng"])
         if state.get("cuda_rng") and torch.cuda.is_available():

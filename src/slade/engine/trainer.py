@@ -1,7 +1,8 @@
 """The training loop every stage shares.
 
 A stage supplies its modules, its batches and its loss terms (``engine/stage.py``); the engine
-does the rest: AdamW with warm-up and cosine decay, bf16 autocast and channels-last on GPU, a
+does the rest: AdamW with warm-up and cosine decay, the precision (``engine/precision.py``: bf16
+autocast and channels-last on GPU by default, fp16 with a gradient scaler) and ``torch.compile``, a
 finite-loss guard that names the term and rolls back to the last checkpoint, periodic evaluation,
 resumable checkpoints (``engine/checkpoint.py``), a rich progress bar and a JSONL log of every
 logged scalar. Batches are a pure function of their number (``data/batches.py``), so a resumed run
@@ -10,6 +11,7 @@ sees what an uninterrupted one would.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -31,10 +33,12 @@ from slade.engine import distributed
 from slade.engine.checkpoint import CheckpointSaver, Position
 from slade.engine.device import to_device
 from slade.engine.faults import kill_point
+from slade.engine.precision import Precision, resolve_precision
 from slade.engine.preemption import StopSignals
 from slade.engine.stage import TrainingStage
 from slade.errors import DistributedError, TrainingError
 from slade.io import write_text, writing
+from slade.models.embedder import EmbeddingNet
 
 log = logging.getLogger("slade")
 
@@ -116,13 +120,16 @@ def fit(
     device: torch.device,
     evaluate: Callable[[], dict[str, float]] | None = None,
     fingerprint: dict[str, Any] | None = None,
+    precision: Precision | None = None,
+    compile: bool = False,
 ) -> TrainResult:
     """Train ``stage`` for ``config.steps`` steps, resuming from ``out_dir/checkpoint.pt``.
 
     A non-finite loss term or gradient never reaches the weights: the step is abandoned and, with
     ``config.nonfinite == "rollback"``, training goes back to the last checkpoint and skips the batch
     that failed (at most ``config.max_rollbacks`` times); with ``"stop"``, or past that number, a
-    :class:`TrainingError` names the step and the term and leaves the checkpoint as it was.
+    :class:`TrainingError` names the step and the term and leaves the checkpoint as it was. In fp16
+    the gradient scaler owns non-finite gradients: it skips that step and lowers the scale.
 
     Under ``torchrun`` (``engine/distributed.py``) every rank calls ``fit`` with its slice of each
     batch; gradients are averaged over ranks, every rank takes the same branch after a non-finite
@@ -138,16 +145,23 @@ def fit(
             ``config.eval_every`` steps (0: never) and at the end.
         fingerprint: what the run's checkpoint must match to be resumed (the stage's settings
             and inputs, ``stages/fingerprint.py``).
+        precision: autocast, layout and loss scaling (``train.precision``); None: ``auto``.
+        compile: ``torch.compile`` the backbone of each embedding network (``train.compile``).
     """
     main = distributed.is_main()  # the rank that writes files
     if main:
         out_dir.mkdir(parents=True, exist_ok=True)
+    precision = precision or resolve_precision("auto", device)
+    if main:
+        log.info("%s: %s, %s, compile %s", stage.name, device, precision.describe(),
+                 "on" if compile else "off")
     modules, cuda = stage.modules(), device.type == "cuda"
-    _place(modules, device, cuda)
+    _place(modules, device, precision.channels_last, compile)
     optimizer, scheduler = _optimizer(stage.parameter_groups(), config)
+    scaler = precision.scaler(device)
     parameters = [p for group in optimizer.param_groups for p in group["params"]]
     checkpoint = CheckpointSaver(out_dir / layout.CHECKPOINT, stage, modules, optimizer, scheduler,
-                                 fingerprint or {}, cuda, write=main)
+                                 fingerprint or {}, cuda, write=main, scaler=scaler)
     stop = StopSignals(stage.name)  # a signal during the first checkpoint's write: stop after step 1
     with stop:
         if distributed.broadcast_flag(checkpoint.exists()):  # rank 0's file decides
@@ -171,15 +185,17 @@ def fit(
             kill_point(f"{stage.name}:{step + 1}")
             batch_number, batch = next(batches)
             position.batch = batch_number + 1
-            terms, fault = _step(stage, to_device(batch, device, channels_last=cuda), step, optimizer,
-                                 parameters, device, checkpoint.path)
+            terms, fault = _step(stage, to_device(batch, device, channels_last=precision.channels_last),
+                                 step, optimizer, scaler, parameters, precision.autocast(device),
+                                 checkpoint.path)
             if fault is not None:
                 position = _recover(fault, stage.name, step, batch_number, position, config, checkpoint,
                                     history)
                 batches = _skipping(stage, position)
                 progress.update(task, completed=position.step)
                 continue
-            optimizer.step()
+            scaler.step(optimizer)  # optimizer.step(), but in fp16 not after an overflow
+            scaler.update()
             scheduler.step()
             position.step += 1
             speed.images += stage.images_per_step
@@ -202,12 +218,16 @@ def fit(
     return TrainResult(config.steps - start, time.perf_counter() - started, metrics)
 
 
-def _place(modules: dict[str, nn.Module], device: torch.device, cuda: bool) -> None:
+def _place(modules: dict[str, nn.Module], device: torch.device, channels_last: bool, compile: bool) -> None:
     for module in modules.values():
         distributed.sync_batchnorm(module, device)  # in place; on CUDA under torchrun only
         module.to(device)
-        if cuda:
+        if channels_last:
             module.to(memory_format=torch.channels_last)
+        if compile and isinstance(module, EmbeddingNet):
+            # The backbone, not the whole network: SwAV calls forward_features, which bypasses the
+            # network's own __call__. In place, so the state dict's keys do not change.
+            module.backbone.compile()
 
 
 def _optimizer(groups: list[dict[str, Any]], config: TrainConfig):
@@ -220,22 +240,23 @@ def _optimizer(groups: list[dict[str, Any]], config: TrainConfig):
     return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, schedules)
 
 
-def _step(stage: TrainingStage, batch: Any, step: int, optimizer, parameters: list[torch.Tensor],
-          device: torch.device, checkpoint: Path) -> tuple[dict[str, torch.Tensor], tuple | None]:
+def _step(stage: TrainingStage, batch: Any, step: int, optimizer, scaler: torch.amp.GradScaler,
+          parameters: list[torch.Tensor], autocast: contextlib.AbstractContextManager,
+          checkpoint: Path) -> tuple[dict[str, torch.Tensor], tuple | None]:
     """One step's loss terms and gradients; ``(terms, fault)``, fault None when all are finite."""
-    cuda = device.type == "cuda"
     try:
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda), \
-                distributed.collective("the forward pass"):
+        with autocast, distributed.collective("the forward pass"):
             terms = stage.loss_terms(batch, step)
         fault = _agreed(_nonfinite_term(terms))
         if fault is None:
             optimizer.zero_grad(set_to_none=True)
             with distributed.collective("the backward pass"):
-                terms["loss"].backward()
+                scaler.scale(terms["loss"]).backward()
             stage.after_backward(step)  # e.g. SwAV's frozen prototypes
             distributed.average_gradients(parameters)  # same on every rank, so is the check
-            fault = _nonfinite_gradient(parameters)
+            scaler.unscale_(optimizer)
+            if not scaler.is_enabled():  # in fp16 an overflow is the scaler's to handle
+                fault = _nonfinite_gradient(parameters)
     except DistributedError as exc:
         raise DistributedError(f"{stage.name} step {step + 1}: {exc}; the last checkpoint is "
                                f"{checkpoint}") from None

@@ -54,7 +54,8 @@ class _Heaps:
     def add_dense(self, sims: torch.Tensor, offset: int) -> None:
         """Offers a contiguous block: one row per heap, columns are items ``offset + j``."""
         with _faiss_serial():
-            self.heaps.addn(sims.shape[1], faiss.swig_ptr(sims.numpy()), offset)
+            # faiss's stub leaves out addn's j0 (the id of the first column), which C++ has.
+            self.heaps.addn(sims.shape[1], faiss.swig_ptr(sims.numpy()), offset)  # type: ignore[call-arg]
 
     def add(self, heap_rows: torch.Tensor, vals: torch.Tensor, ids: torch.Tensor) -> None:
         """Offers ``vals[i, :]`` (items ``ids[i, :]``) to heap ``heap_rows[i]``; rows may repeat.
@@ -62,15 +63,15 @@ class _Heaps:
         Each heap keeps an offered value only if it beats the root, so offers can be generous.
         """
         if heap_rows.numel():
-            rows, vals, ids = (a.contiguous().numpy() for a in (heap_rows, vals, ids))
+            rows, values, items = (a.contiguous().numpy() for a in (heap_rows, vals, ids))
             with _faiss_serial():  # one thread: entries may share a heap
                 self.heaps.addn_query_subset_with_ids(
                     len(rows),
                     faiss.swig_ptr(rows),
-                    vals.shape[1],
-                    faiss.swig_ptr(vals),
-                    faiss.swig_ptr(ids),
-                    vals.shape[1],
+                    values.shape[1],
+                    faiss.swig_ptr(values),
+                    faiss.swig_ptr(items),
+                    values.shape[1],
                 )
 
     def result(self) -> torch.Tensor:
@@ -208,7 +209,7 @@ class _SymmetricSearch:
             rows_heap.add_dense(sims, t)
         else:  # shared pairs have i < j, so block i is full either way
             cols_heap = self.heap(j) if shared else None
-            col_thr = cols_heap.thr if shared else torch.full((f - t,), float("inf"))
+            col_thr = cols_heap.thr if cols_heap is not None else torch.full((f - t,), float("inf"))
             for rows, cols, vals in _candidate_groups(sims, rows_heap.thr, col_thr):
                 if cols_heap is not None:
                     cols_heap.add(cols, vals, rows + s)  # along columns: GROUP values per column
@@ -243,7 +244,7 @@ def _run_disjoint(pairs, work, buf_size: int, workers: int, stop: threading.Even
     time (a shared pair writes both blocks', a one-sided pair only block i's); in list order as
     far as that allows, never more than ``lookahead`` times ahead of the earliest pending pair
     (which bounds the live heaps). Setting ``stop`` lets the workers stop after their block."""
-    pending, busy, errors = list(pairs), set(), []
+    pending, busy, errors = list(pairs), set[int](), list[BaseException]()
     cond = threading.Condition()
 
     def writes(pair) -> set[int]:
@@ -294,11 +295,11 @@ def exact_streaming(
     (``gallery=None``) it searches k + 1 and drops each query's own position.
     """
     same_source = gallery is None
-    gallery = queries if same_source else gallery
+    searched = queries if gallery is None else gallery
     for s in range(0, len(queries), chunk):
         e = min(s + chunk, len(queries))
-        _, idx = faiss.knn(queries[s:e], gallery, k + same_source, faiss.METRIC_INNER_PRODUCT)
-        idx = torch.from_numpy(idx)
+        _, found = faiss.knn(queries[s:e], searched, k + same_source, faiss.METRIC_INNER_PRODUCT)
+        idx = torch.from_numpy(found)
         yield s, e, drop_self(idx, torch.arange(s, e), k) if same_source else idx
 
 
@@ -319,16 +320,16 @@ def approximate(
     per query. Neighbours missing because the probed cells hold too few items come back as -1.
     """
     same_source = gallery is None
-    gallery = queries if same_source else gallery
-    n_g, d = gallery.shape
+    searched = queries if gallery is None else gallery
+    n_g, d = searched.shape
     nlist = max(1, min(int(4 * np.sqrt(n_g)), n_g // 39))
     quantizer = faiss.IndexFlatIP(d)
     index = faiss.IndexIVFFlat(quantizer, d, nlist, faiss.METRIC_INNER_PRODUCT)
-    index.train(gallery)
-    index.add(gallery)
+    index.train(searched)
+    index.add(searched)
     index.nprobe = min(nprobe, nlist)
     for s in range(0, len(queries), chunk):
         e = min(s + chunk, len(queries))
-        _, idx = index.search(queries[s:e], k + same_source)
-        idx = torch.from_numpy(idx)
+        _, found = index.search(queries[s:e], k + same_source)
+        idx = torch.from_numpy(found)
         yield s, e, drop_self(idx, torch.arange(s, e), k) if same_source else idx

@@ -8,6 +8,7 @@ Check" (ECCV 2020), while the neighbour search is faster and runs in bounded mem
 from __future__ import annotations
 
 import warnings
+from collections.abc import Iterator
 
 import faiss
 import numpy as np
@@ -134,11 +135,11 @@ def evaluate_embeddings(
         raise DataError(f"max_memory_mb must be positive, got {max_memory_mb!r}")
 
     q = _normalised(q)
-    g = None if same_source else _normalised(g)
+    g = None if g is None else _normalised(g)
     relevant = _relevant_counts(ql, gl, same_source)
     k = max(max(ks), int(relevant.max()))
     if index == "ivf":
-        sample, approximate = _recall_sample(len(q)), {}
+        sample, approximate = _recall_sample(len(q)), dict[int, np.ndarray]()
         found = _keeping(knn.approximate(q, g, k, chunk_size, nprobe), sample, approximate)
         metrics = _score(((slice(s, e), idx) for s, e, idx in found), ql, gl, relevant, ks)
         metrics["index_recall"] = _index_recall(q, g, sample, approximate, k)
@@ -274,7 +275,8 @@ def _search_and_score(q, g, ql, gl, relevant, ks, k, chunk, window, symmetric):
                 # query's threshold sooner. Exact in any order.
                 order = torch.from_numpy(np.argsort(ql, kind="stable"))
                 found = knn.exact_same_source(torch.from_numpy(q)[order], k, chunk, window=window)
-                neighbours = ((order[s:e], order[idx]) for s, e, idx in found)
+                neighbours: Iterator[tuple[slice | torch.Tensor, torch.Tensor]] = (
+                    (order[s:e], order[idx]) for s, e, idx in found)
             else:
                 found = knn.exact_streaming(q, g, k, chunk)
                 neighbours = ((slice(s, e), idx) for s, e, idx in found)

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import contextlib
-import socket
+from typing import Any
 
 import timm
 import torch
@@ -11,8 +10,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from slade.config import ModelConfig
-from slade.errors import CheckpointError, SladeError
+from slade.errors import SladeError
 from slade.models.convnet import CONVNETS
+from slade.models.weights import create_pretrained, load_weights
 
 
 class Pool(nn.Module):
@@ -55,52 +55,27 @@ class EmbeddingNet(nn.Module):
         return self.forward_head(self.forward_features(x))
 
 
-@contextlib.contextmanager
-def _hub_offline_when_unreachable():
-    """Without network, let the hub look only in its cache: a fast, clear failure instead of
-    a minute of retries."""
-    try:
-        socket.create_connection(("huggingface.co", 443), timeout=3).close()
-        yield
-        return
-    except OSError:
-        pass
-    from huggingface_hub import constants
-
-    saved, constants.HF_HUB_OFFLINE = constants.HF_HUB_OFFLINE, True
-    try:
-        yield
-    finally:
-        constants.HF_HUB_OFFLINE = saved
-
-
 def create_backbone(config: ModelConfig, in_chans: int) -> tuple[nn.Module, int]:
-    """A feature-map backbone by name: a slade CPU network or any timm model."""
+    """A feature-map backbone by name: a slade CPU network or any timm model, with its pretrained
+    weights (``model.pretrained``, from the hub) or a local file's (``model.weights``)."""
+    net: nn.Module
     if config.backbone in CONVNETS:
         if config.pretrained:
             raise SladeError(f"model.pretrained: no pretrained weights exist for {config.backbone}")
         net = CONVNETS[config.backbone](in_chans, config.width)
-        return net, net.num_features
-    if not timm.is_model(config.backbone):
+    elif not timm.is_model(config.backbone):
         raise SladeError(
             f"model.backbone: unknown backbone {config.backbone!r} (a slade network: "
             f"{', '.join(CONVNETS)}, or a timm model name such as resnet50)"
         )
-    try:
-        with _hub_offline_when_unreachable() if config.pretrained else contextlib.nullcontext():
-            net = timm.create_model(
-                config.backbone, pretrained=config.pretrained, num_classes=0, global_pool="",
-                in_chans=in_chans,
-            )
-    except Exception as exc:  # timm raises many kinds (network, hub, missing file)
-        if not config.pretrained:
-            raise
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(
-            f"model.pretrained: cannot load ImageNet weights for {config.backbone} "
-            f"(no network or no cached weights?): {first[:200]}"
-        ) from None
-    return net, net.num_features
+    else:
+        timm_args: dict[str, Any] = {"num_classes": 0, "global_pool": "", "in_chans": in_chans}
+        net = (create_pretrained(config.backbone, **timm_args) if config.pretrained
+               else timm.create_model(config.backbone, **timm_args))
+    if config.weights:
+        load_weights(net, config.weights, config.backbone, in_chans)
+    # An int attribute of every timm model and slade convnet, which nn.Module's stub cannot know.
+    return net, int(net.num_features)  # type: ignore[arg-type]
 
 
 def create_embedder(config: ModelConfig, in_chans: int) -> EmbeddingNet:

@@ -177,6 +177,9 @@ class ProjectionQueue(nn.Module):
         dim: Width of the projections.
     """
 
+    queue: Tensor  # buffers
+    filled: Tensor
+
     def __init__(self, length: int, dim: int) -> None:
         super().__init__()
         self.register_buffer("queue", torch.zeros(length, dim))

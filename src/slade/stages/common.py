@@ -20,11 +20,10 @@ import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, overload
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
 
 from slade import run_layout as layout
 from slade.config import Config
@@ -33,8 +32,9 @@ from slade.data.datasets import ImageDataset
 from slade.data.transforms import eval_transform
 from slade.engine import distributed
 from slade.engine.checkpoint import TRAINING_STATE, load_checkpoint
+from slade.engine.precision import Precision, resolve_precision
 from slade.errors import CheckpointError
-from slade.inference import embed_dataset, load_embedding_net, save_embedder
+from slade.inference import Images, embed_dataset, load_embedding_net, save_embedder
 from slade.io import read_json, remove_partial_writes, write_json
 from slade.models.embedder import EmbeddingNet, create_embedder
 from slade.stages.fingerprint import config_fingerprint, fingerprint_differences
@@ -54,13 +54,24 @@ def load_model(path: Path, config: Config) -> EmbeddingNet:
     return model
 
 
-def embed_images(config: Config, device: torch.device, model: EmbeddingNet, images: Dataset,
+@overload
+def embed_images(config: Config, device: torch.device, model: EmbeddingNet, images: Images,
+                 out: np.ndarray | None = ..., across_ranks: Literal[False] = ...) -> np.ndarray: ...
+
+
+@overload
+def embed_images(config: Config, device: torch.device, model: EmbeddingNet, images: Images,
+                 out: np.ndarray | None, across_ranks: bool) -> np.ndarray | None: ...
+
+
+def embed_images(config: Config, device: torch.device, model: EmbeddingNet, images: Images,
                  out: np.ndarray | None = None, across_ranks: bool = False) -> np.ndarray | None:
-    """Embeddings of ``images`` at the run's image size and evaluation batch size (see
+    """Embeddings of ``images`` at the run's image size, evaluation batch size and precision (see
     ``inference.embed_dataset`` for ``out`` and ``across_ranks``)."""
     transform = eval_transform(config.data.image_size, config.data.channels)
     return embed_dataset(model.to(device), images, transform, device, config.evaluation.batch_size,
-                         out=out, across_ranks=across_ranks)
+                         out=out, across_ranks=across_ranks,
+                         precision=resolve_precision(config.train.precision, device))
 
 
 @dataclass
@@ -78,13 +89,22 @@ class RunContext:
 
     def fingerprint(self, section: str, **inputs: Any) -> dict[str, Any]:
         """What the outputs of the stage configured by ``section`` depend on (see the module doc)."""
-        return {
+        fingerprint = {
             section: config_fingerprint(getattr(self.config, section)),
             "data": config_fingerprint(self.config.data),
             "model": config_fingerprint(self.config.model),
+            "train": config_fingerprint(self.config.train),  # the precision; compile changes nothing
             "seed": self.config.seed,
             "inputs": inputs,
         }
+        if self.config.model.weights:  # the file's content, not only its name
+            fingerprint["weights"] = file_digest(Path(self.config.model.weights))
+        return fingerprint
+
+    @property
+    def precision(self) -> Precision:
+        """``train.precision`` on the run's device."""
+        return resolve_precision(self.config.train.precision, self.device)
 
     def new_model(self) -> EmbeddingNet:
         return new_model(self.config)
@@ -92,7 +112,7 @@ class RunContext:
     def load_model(self, stage: str) -> EmbeddingNet:
         return load_model(self.stage_dir(stage) / layout.MODEL, self.config)
 
-    def embed(self, model: EmbeddingNet, images, out: np.ndarray | None = None) -> np.ndarray | None:
+    def embed(self, model: EmbeddingNet, images: Images, out: np.ndarray | None = None) -> np.ndarray | None:
         """Embeddings of ``images``. Under ``torchrun`` every rank must call this: each embeds its
         share, and rank 0 gets them all (the other ranks get ``None``)."""
         return embed_images(self.config, self.device, model, images, out, across_ranks=True)
@@ -110,10 +130,12 @@ class RunContext:
             gallery = None if data.gallery is None else self.embed(model, data.gallery)
             if not distributed.is_main():
                 return {}
+            assert query is not None  # rank 0 receives every row
             query, query_labels = readable(data.test, query)
             if data.gallery is None:
                 return evaluate_embeddings(query, query_labels, ks=tuple(cfg.recall_at),
                                            chunk_size=cfg.chunk_size)
+            assert gallery is not None
             gallery, gallery_labels = readable(data.gallery, gallery)
             return evaluate_embeddings(query, query_labels, gallery, gallery_labels,
                                        ks=tuple(cfg.recall_at), chunk_size=cfg.chunk_size)

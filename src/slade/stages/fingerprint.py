@@ -13,10 +13,10 @@ from typing import Any
 
 from slade.dicts import differing_keys
 
-# Settings that do not change what a stage computes (`rounds` adds stages after it): a checkpoint or
-# a finished stage made with other values of these is still used.
+# Settings that do not change what a stage computes (`rounds` adds stages after it; `compile` only
+# how fast it runs): a checkpoint or a finished stage made with other values of these is still used.
 BOOKKEEPING = ("eval_every", "checkpoint_every", "log_every", "num_workers", "nonfinite", "max_rollbacks",
-               "rounds")
+               "rounds", "compile")
 
 
 def config_fingerprint(config: Any) -> dict[str, Any]:

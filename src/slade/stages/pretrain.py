@@ -8,7 +8,7 @@ teacher trains it from these backbone weights.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -80,7 +80,7 @@ class SwAVStage(TrainingStage):
                 queue_scores = [self.prototypes(q.projections) for q in self.queues]
         if self.queues:
             for queue, projections in zip(self.queues, z[0].chunk(n_large), strict=False):
-                queue.enqueue(projections)
+                cast(ProjectionQueue, queue).enqueue(projections)  # a ModuleList yields Modules
         loss = self.criterion(list(scores[:n_large]), list(scores[n_large:]), queue_scores)
         return {"loss": loss}
 
@@ -97,6 +97,7 @@ def run_pretrain(ctx: RunContext) -> dict:
     model = ctx.new_model()
     images = UnlabeledUnion(ctx.data.labeled, ctx.data.unlabeled)
     stage = SwAVStage(model, images, ctx.config.pretrain, ctx.config.data, ctx.config.seed)
-    result = fit(stage, ctx.config.pretrain, out, ctx.device, ctx.evaluator(model), fingerprint)
+    result = fit(stage, ctx.config.pretrain, out, ctx.device, ctx.evaluator(model), fingerprint,
+                 ctx.precision, ctx.config.train.compile)
     metrics = {**result.final_metrics, "train_seconds": round(result.seconds, 1)}
     return finish_stage(ctx, out, model, metrics, fingerprint)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +25,8 @@ from slade.engine import distributed
 from slade.errors import DataError
 from slade.io import atomic_write, read_json, reserve, write_json, write_text
 from slade.stages.common import RunContext, mark_done, output_digest, stage_current
+
+log = logging.getLogger("slade")
 
 
 @dataclass
@@ -68,6 +71,7 @@ def kmeans(embeddings: np.ndarray, k: int, iterations: int, seed: int, redo: int
     km.train(x)
     similarity, labels = km.index.search(x, 1)  # spherical k-means searches by inner product
     distances = np.maximum(2.0 - 2.0 * similarity[:, 0], 0.0)  # squared distance of unit vectors
+    assert km.centroids is not None  # set by train
     return labels[:, 0].astype(np.int64), distances, km.centroids
 
 
@@ -119,6 +123,8 @@ def _make_pseudo_labels(ctx: RunContext, teacher: str, out: Path, fingerprint: d
     cfg = ctx.config.pseudo_labels
     if len(pool) < 2:
         raise DataError(f"the unlabeled pool has {len(pool)} image(s): SLADE needs a pool to cluster")
+    if distributed.is_main():
+        log.info("%s: %s, %s", out.name, ctx.device, ctx.precision.describe())
     model = ctx.load_model(teacher).to(ctx.device)
 
     # Stream the embeddings to disk: a large pool never has to fit in memory twice. Under

@@ -128,7 +128,7 @@ class StudentStage(TrainingStage):
                  if self.unlabeled_miner else None)
         terms["rank_unlabeled"] = self.loss(z_u, y_u, pairs)
         total = terms["rank_labeled"] + self.config.lambda1 * terms["rank_unlabeled"]
-        if self.mining.filters:
+        if self.mining.filters and pairs is not None:
             self._watch_starvation(pairs, step)
         if self.trains_basis:
             total = total + self.config.lambda2 * (terms["basis_ce"] + terms["basis_sd"])  # Eq. 9
@@ -237,7 +237,8 @@ def run_student_round(ctx: RunContext, round_index: int) -> dict:
         context = k_reciprocal_encoding(pool, cfg.context_k, cfg.context_k2)
     stage = StudentStage(model, ctx.data.labeled, ctx.data.unlabeled, pseudo.labels, cfg,
                          ctx.config.data, ctx.config.seed + round_index, name, context)
-    result = fit(stage, cfg, out, ctx.device, ctx.evaluator(model), fingerprint)
+    result = fit(stage, cfg, out, ctx.device, ctx.evaluator(model), fingerprint, ctx.precision,
+                 ctx.config.train.compile)
     metrics = {**result.final_metrics, "train_seconds": round(result.seconds, 1), "init": init,
                "pseudo_labels": read_statistics(labels_dir)}
     return finish_stage(ctx, out, model, metrics, fingerprint,

@@ -92,6 +92,6 @@ def _class_folders(base: Path) -> tuple[list[tuple[str, int]], dict[int, str]]:
     items: list[tuple[str, str]] = []
     for part in parts:
         image_set = read_class_folders(part)
-        items += [(r.source, image_set.class_names[r.label]) for r in image_set.records]
+        items += [(r.source, image_set.class_name(r)) for r in image_set.records]
     ids = {name: i for i, name in enumerate(sorted({c for _, c in items}), 1)}
     return [(source, ids[name]) for source, name in items], {i: name for name, i in ids.items()}

@@ -71,7 +71,7 @@ def _leaf_labels(
     base: Path, images: dict[str, tuple[str, str]], classes: dict[str, tuple[str, str]]
 ) -> dict[str, str]:
     """``{image_id: class_id}``, every image labeled with a known leaf category."""
-    parents = {}
+    parents: dict[str, str] = {}
     for row in read_rows(base / "hierarchy.txt", 2, "<child_class_id> <parent_class_id>"):
         for class_id in row.fields[:2]:
             if class_id not in classes:
