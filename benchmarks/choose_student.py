@@ -173,7 +173,7 @@ def main() -> None:
             ("Chosen by mean validation MAP@R (Recall@1 breaks ties): " + ", ".join(
                 f"best {family} `{name}`" for family, name in best.items())) if best else
             "**No choice made**: not every candidate has finished on every seed.", ""]
-    if args.report_only:
+    if args.report_only and args.phase == "both":  # `--phase validation` never reads a test number
         test_root = args.out / "test" / args.pool
         test = [{"seed": s, **finished(test_root / f"seed{s}", names)} for s in args.seeds
                 if (test_root / f"seed{s}").is_dir()]

@@ -94,6 +94,8 @@ def _onnx_bytes(checkpoint: Path, model: EmbeddingNet, example: torch.Tensor, sp
             output_names=[OUTPUT_NAME], dynamic_shapes=({0: torch.export.Dim("batch", min=1)},),
             external_data=False, verbose=False,
         )
+        if program is None:  # only the legacy exporter (dynamo=False) returns None
+            raise RuntimeError("the exporter returned no program")
         proto = program.model_proto
     except Exception as exc:  # the exporter raises many kinds, each with a long report
         raise ExportError(f"{checkpoint}: the ONNX exporter failed on {spec.backbone} "
