@@ -49,8 +49,8 @@ def test_the_metadata_holds_the_whole_input_pipeline(models):
         "convnet4", 16, 1, 28, 28)
     assert spec.dark_background is True
     assert spec.mean == pytest.approx((0.449,)) and spec.std == pytest.approx((0.226,))
-    assert spec.model == {"backbone": "convnet4", "pretrained": False, "embedding_dim": 16, "width": 8,
-                          "pooling": "avg"}
+    assert spec.model == {"backbone": "convnet4", "pretrained": False, "weights": "", "embedding_dim": 16,
+                          "width": 8, "pooling": "avg"}
     assert [(o.domain, o.version) for o in proto.opset_import if o.domain == ""] == [("", 18)]
     resnet = models["resnet10t"][1]
     rgb = ServingSpec.from_metadata(resnet, {p.key: p.value for p in onnx.load(resnet).metadata_props})
