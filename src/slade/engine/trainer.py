@@ -35,6 +35,7 @@ from slade.engine.preemption import StopSignals
 from slade.engine.stage import TrainingStage
 from slade.errors import DistributedError, TrainingError
 from slade.io import write_text, writing
+from slade.tracking import TrackedLog, Tracking
 
 log = logging.getLogger("slade")
 
@@ -98,6 +99,10 @@ class JsonlLog:
         with writing(self.path), open(self.path, "a") as f:
             f.write(json.dumps(entry) + "\n")
 
+    def commit(self, step: int) -> None:
+        """The steps up to ``step`` are in a checkpoint (no rollback undoes them): the file has them
+        already; a tracked log (``tracking.py``) sends them on."""
+
 
 class _NoLog:
     """The log of a rank other than 0: rank 0 writes the run's files."""
@@ -108,6 +113,12 @@ class _NoLog:
     def write(self, entry: dict[str, Any]) -> None:
         pass
 
+    def commit(self, step: int) -> None:
+        pass
+
+
+History = JsonlLog | _NoLog | TrackedLog  # a stage's log: the file, nothing (rank > 0), or tracked too
+
 
 def fit(
     stage: TrainingStage,
@@ -116,6 +127,7 @@ def fit(
     device: torch.device,
     evaluate: Callable[[], dict[str, float]] | None = None,
     fingerprint: dict[str, Any] | None = None,
+    tracking: Tracking | None = None,
 ) -> TrainResult:
     """Train ``stage`` for ``config.steps`` steps, resuming from ``out_dir/checkpoint.pt``.
 
@@ -138,6 +150,7 @@ def fit(
             ``config.eval_every`` steps (0: never) and at the end.
         fingerprint: what the run's checkpoint must match to be resumed (the stage's settings
             and inputs, ``stages/fingerprint.py``).
+        tracking: where the logged scalars also go (TensorBoard, MLflow: ``tracking.py``).
     """
     main = distributed.is_main()  # the rank that writes files
     if main:
@@ -148,7 +161,8 @@ def fit(
     parameters = [p for group in optimizer.param_groups for p in group["params"]]
     checkpoint = CheckpointSaver(out_dir / layout.CHECKPOINT, stage, modules, optimizer, scheduler,
                                  fingerprint or {}, cuda, write=main)
-    if distributed.broadcast_flag(checkpoint.exists()):  # rank 0's file decides
+    resumed = distributed.broadcast_flag(checkpoint.exists())  # rank 0's file decides
+    if resumed:
         position = checkpoint.restore()
     else:
         position = Position()
@@ -156,7 +170,9 @@ def fit(
         if config.steps:
             checkpoint.save(position)  # the state a non-finite loss before the first checkpoint rolls back to
     start = position.step
-    history = JsonlLog(out_dir / layout.LOG, start) if main else _NoLog()
+    history: History = JsonlLog(out_dir / layout.LOG, start) if main else _NoLog()
+    if main and tracking is not None:
+        history = tracking.stage_log(stage.name, history, resumed)
     batches = _skipping(stage, position)
     started, speed = time.perf_counter(), _Throughput()
     metrics: dict[str, float] = {}
@@ -191,12 +207,14 @@ def fit(
                 metrics = _evaluate(evaluate, modules, history, done)
             if config.checkpoint_every and done % config.checkpoint_every == 0:
                 checkpoint.save(position)
+                history.commit(done)
             stop.check(done, checkpoint, position)  # after SIGTERM: the checkpoint, then stop
             progress.update(task, completed=done)
     if evaluate:
         metrics = _evaluate(evaluate, modules, history, config.steps)
     if config.steps > start:
         checkpoint.save(position)
+    history.commit(position.step)
     return TrainResult(config.steps - start, time.perf_counter() - started, metrics)
 
 
@@ -286,7 +304,7 @@ def _skipping(stage: TrainingStage, position: Position) -> Iterator[tuple[int, A
 
 
 def _recover(fault: tuple[str, float], stage: str, step: int, batch_number: int, position: Position,
-             config: TrainConfig, checkpoint: CheckpointSaver, history: JsonlLog | _NoLog) -> Position:
+             config: TrainConfig, checkpoint: CheckpointSaver, history: History) -> Position:
     """Roll back to the checkpoint and skip the failed batch, or raise (``nonfinite: stop``).
 
     The log loses the steps rolled back and records the rollback; the checkpoint keeps the skipped
@@ -311,7 +329,7 @@ def _recover(fault: tuple[str, float], stage: str, step: int, batch_number: int,
 
 
 def _evaluate(evaluate: Callable[[], dict[str, float]], modules: dict[str, nn.Module],
-              history: JsonlLog | _NoLog, step: int) -> dict[str, float]:
+              history: History, step: int) -> dict[str, float]:
     """The metrics of the modules in eval mode, logged at ``step``."""
     for module in modules.values():
         module.eval()
