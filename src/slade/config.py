@@ -479,6 +479,16 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     return config
 
 
+def with_settings(config: Config, settings: dict[str, Any]) -> Config:
+    """``config`` with ``{dotted key: value}`` applied, checked as a loaded config is."""
+    data = to_dict(config)
+    for key, value in settings.items():
+        _set_dotted(data, key, value)
+    changed = _coerce(data, Config, "", _Where("<settings>"))
+    validate(changed)
+    return changed
+
+
 def setting_type(dotted: str) -> Any:
     """The type of setting ``dotted`` (``student.lr`` -> float).
 

@@ -42,6 +42,7 @@ TRACKING = "tracking.json"  # the MLflow ids of the run and its stages
 # A tuning directory (tune.py): CONFIG and LOCK too.
 STUDY = "study.db"
 BEST_CONFIG = "best.yaml"
+TRIALS = "trial_*"  # every trial's run directory (trial())
 
 # Stages.
 PRETRAIN = "pretrain"
