@@ -186,3 +186,27 @@ def test_a_tracker_that_is_not_installed_names_its_extra(tracker, monkeypatch, t
     with pytest.raises(ConfigError, match=needs):
         run(config, tmp_path / "run")
     assert not (tmp_path / "run").exists()
+
+
+def test_a_server_that_stops_answering_gets_what_it_missed_at_the_next_checkpoint(class_tree, tmp_path,
+                                                                                   caplog):
+    stage, cfg = make_stage(class_tree)  # checkpoint_every 3, log_every 1
+    run_dir = tmp_path / "run"
+    with open_tracking(load_config(None, ["logging.mlflow=true"]), run_dir) as tracking:
+        mlflow, = tracking.backends
+        log_batch, calls = mlflow.client.log_batch, []
+
+        def flaky(run_id, metrics=(), **kwargs):  # the commit at step 3 is refused
+            calls.append(len(metrics))
+            if len(calls) == 2 and metrics:
+                raise ConnectionError("[Errno 111] Connection refused")
+            return log_batch(run_id, metrics=metrics, **kwargs)
+
+        mlflow.client.log_batch = flaky
+        from slade.engine.trainer import fit
+
+        fit(stage, cfg, run_dir / "teacher", CPU, tracking=tracking)
+    assert "MLflow: cannot log teacher's metrics (Connection refused); sending them again" in caplog.text
+    client, ids = mlflow_runs(run_dir)
+    expected = logged(run_dir / "teacher" / layout.LOG)
+    assert_same_series(mlflow_series(client, ids["stages"]["teacher"]), expected)

@@ -46,15 +46,16 @@ def stage_names(config: Config) -> list[str]:
     return layout.stages(config.student.rounds)
 
 
-def check_run_dir(config: Config, run_dir: Path, force: bool) -> None:
-    """Refuse a run directory made with another config (but for settings that change no result)."""
+def check_run_dir(config: Config, run_dir: Path, force: bool,
+                  ignored: tuple[str, ...] = tracking.NOT_RESULTS) -> None:
+    """Refuse a run directory made with another config, but for the ``ignored`` settings."""
     saved = run_dir / layout.CONFIG
     if not saved.exists() or force:
         return
     previous = load_config(saved)
     # The analysis settings change no stage's result (the analysis is redone when they differ), nor
     # do the tracking and tuning settings.
-    differing = [k for k in diff_configs(previous, config) if not k.startswith(tracking.NOT_RESULTS)]
+    differing = [k for k in diff_configs(previous, config) if not k.startswith(ignored)]
     if differing:
         raise ConfigError(
             f"{saved}: this run directory was made with another config (differs in "

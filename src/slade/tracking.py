@@ -30,10 +30,11 @@ import logging
 import os
 import re
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
+from urllib.parse import urlparse
 
 from slade import run_layout as layout
 from slade.config import Config, LoggingConfig, to_dict
@@ -102,18 +103,57 @@ def _probe(uri: str) -> None:
     try:
         MlflowClient(tracking_uri=uri).search_experiments(max_results=1)
     except Exception as exc:  # MLflow raises its own and the HTTP client's errors
-        message = str(exc)
-        cause = re.search(r"\[Errno -?\d+\] ([^\"')]+)", message)
-        reason = cause.group(1).strip() if cause else message.splitlines()[0][:160] if message else type(
-            exc).__name__
-        raise ConfigError(f"logging.mlflow_uri: no MLflow tracking server answers at {uri} ({reason})") \
-            from None
+        raise ConfigError(f"logging.mlflow_uri: no MLflow tracking server answers at {uri} "
+                          f"({_reason(exc)})") from None
     finally:
         for k, v in saved.items():
             if v is None:
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+
+
+def _reason(exc: BaseException) -> str:
+    """The cause of an MLflow error in a few words (``Connection refused``), not its whole story."""
+    message = str(exc)
+    cause = re.search(r"\[Errno -?\d+\] ([^\"')]+)", message)
+    if cause:
+        return cause.group(1).strip()
+    return message.splitlines()[0][:160] if message else type(exc).__name__
+
+
+@contextmanager
+def _tolerated(what: str) -> Iterator[None]:
+    """A tracking call that must not stop a run whose results stand: a warning instead."""
+    try:
+        yield
+    except Exception as exc:  # MLflow raises its own and the HTTP client's errors
+        log.warning("MLflow: cannot %s (%s)", what, _reason(exc))
+
+
+class Tracker(Protocol):
+    """What a tracker does; the stages' entries are ``log.jsonl``'s: ``{"step": n, name: value...}``."""
+
+    def start_stage(self, stage: str, entries: list[dict[str, Any]], resumed: bool) -> None:
+        """A stage starts training (``resumed``: from a checkpoint) with ``entries`` in its log."""
+
+    def log(self, stage: str, entry: dict[str, Any]) -> None:
+        """An entry the stage logged."""
+
+    def truncate(self, stage: str, step: int) -> None:
+        """The stage rolled back to ``step``: the entries past it are void."""
+
+    def commit(self, stage: str, step: int) -> None:
+        """A checkpoint holds the steps up to ``step``."""
+
+    def stage_done(self, stage: str, stage_dir: Path, metrics: dict[str, Any]) -> None:
+        """The stage finished (or was reused) with ``metrics``."""
+
+    def run_done(self, run_dir: Path, stages: list[str]) -> None:
+        """The run finished: its figures and artifacts."""
+
+    def close(self, status: str, checkpointed: bool) -> None:
+        """The run ends with ``status`` (``checkpointed``: every entry logged is in a checkpoint)."""
 
 
 class Tracking:
@@ -123,7 +163,7 @@ class Tracking:
     killed (a preemption or Ctrl-C) or failed.
     """
 
-    def __init__(self, backends: list[Any] | None = None) -> None:
+    def __init__(self, backends: list[Tracker] | None = None) -> None:
         self.backends = backends or []
 
     def stage_log(self, stage: str, history: Any, resumed: bool) -> Any:
@@ -161,13 +201,16 @@ class Tracking:
         else:
             status = "FAILED"
         for backend in self.backends:
-            backend.close(status, checkpointed=kind is not None and issubclass(kind, Preempted))
+            try:
+                backend.close(status, checkpointed=kind is not None and issubclass(kind, Preempted))
+            except Exception as error:  # the run's own outcome (or error) stands
+                log.warning("%s: cannot close the run (%s)", type(backend).__name__, _reason(error))
 
 
 class TrackedLog:
     """A stage's ``log.jsonl`` (``engine/trainer.py::JsonlLog``) whose entries also go to the trackers."""
 
-    def __init__(self, history: Any, stage: str, backends: list[Any]) -> None:
+    def __init__(self, history: Any, stage: str, backends: list[Tracker]) -> None:
         self.history, self.stage, self.backends = history, stage, backends
         self.path = history.path
 
@@ -190,7 +233,8 @@ class TrackedLog:
 @contextmanager
 def open_tracking(config: Config, run_dir: Path, main: bool = True) -> Iterator[Tracking]:
     """The trackers ``config.logging`` asks for, on rank 0 (``main``); none on the others."""
-    settings, backends = config.logging, []
+    settings = config.logging
+    backends: list[Tracker] = []
     if main and settings.tensorboard:
         backends.append(TensorBoard(run_dir / layout.TENSORBOARD))
     if main and settings.mlflow:
@@ -288,7 +332,7 @@ class MLflow:
 
         settings = config.logging
         uri = settings.mlflow_uri or (run_dir / layout.MLFLOW_STORE).resolve().as_uri()
-        if uri.startswith("file:"):  # MLflow 3 keeps its file store only for those who ask for it
+        if urlparse(uri).scheme in ("", "file"):  # MLflow 3 keeps its file store for those who ask
             os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
         try:
             self.client = MlflowClient(tracking_uri=uri)
@@ -297,7 +341,8 @@ class MLflow:
                              else self.client.create_experiment(settings.mlflow_experiment))
         except Exception as exc:  # MLflow raises its own and the HTTP client's errors
             raise ConfigError(f"logging.mlflow_uri: cannot use MLflow at {uri} (experiment "
-                              f"{settings.mlflow_experiment!r}: {str(exc).splitlines()[0][:160]})") from None
+                              f"{settings.mlflow_experiment!r}: {_reason(exc)})") from None
+        self.uri = uri
         self.ids_file = run_dir / layout.TRACKING
         saved = read_json(self.ids_file).get("mlflow", {}) if self.ids_file.is_file() else {}
         params = {k: str(v) for k, v in flatten(to_dict(config)).items()}
@@ -342,17 +387,28 @@ class MLflow:
         metrics = self.client.get_run(run_id).data.metrics
         return {key: max(m.step for m in self.client.get_metric_history(run_id, key)) for key in metrics}
 
-    def _send(self, run_id: str, metrics: list[tuple[str, float, int, int]] = (),
-              params: list[tuple[str, str]] = ()) -> None:
+    def _send(self, run_id: str, metrics: Sequence[tuple[str, float, int, int]] = (),
+              params: Sequence[tuple[str, str]] = (), sent: dict[str, int] | None = None) -> None:
+        """Log ``(name, value, timestamp, step)`` metrics and ``(name, value)`` params; ``sent``
+        gets the last step of each metric as each request succeeds."""
         from mlflow.entities import Metric, Param
 
-        metrics, params = list(metrics), list(params)
         for i in range(0, len(params), 100):  # MLflow's limits per request
             self.client.log_batch(run_id, params=[Param(k, v) for k, v in params[i:i + 100]])
         for i in range(0, len(metrics), 1000):
-            self.client.log_batch(run_id, metrics=[Metric(k, v, t, s) for k, v, t, s in metrics[i:i + 1000]])
+            chunk = metrics[i:i + 1000]
+            self.client.log_batch(run_id, metrics=[Metric(k, v, t, step) for k, v, t, step in chunk])
+            if sent is not None:
+                sent.update((name, step) for name, _, _, step in chunk)  # in step order
 
     def start_stage(self, stage: str, entries: list[dict[str, Any]], resumed: bool) -> None:
+        try:
+            self._start_stage(stage, entries, resumed)
+        except Exception as exc:  # no run to log to: stop, a rerun resumes
+            raise ConfigError(f"logging.mlflow_uri: MLflow at {self.uri} stopped answering as {stage} "
+                              f"started ({_reason(exc)})") from None
+
+    def _start_stage(self, stage: str, entries: list[dict[str, Any]], resumed: bool) -> None:
         run_id = self.ids["stages"].get(stage) if resumed else None
         if run_id is not None and self._continues(run_id, {}):
             self.client.update_run(run_id, status="RUNNING")
@@ -381,42 +437,44 @@ class MLflow:
     def commit(self, stage: str, step: int) -> None:
         """Send the entries of steps up to ``step`` (a checkpoint holds them) that the run lacks."""
         ready = [(e, t) for e, t in self.pending[stage] if e["step"] <= step]
-        sent, metrics = dict(self.sent[stage]), []
+        unsent, metrics = dict(self.sent[stage]), []
         for entry, stamp in ready:
             metrics += [(name, value, stamp, entry["step"])
-                        for name, value in unseen(entry, sent, mlflow_name).items()]
+                        for name, value in unseen(entry, unsent, mlflow_name).items()]
         run_id = self.open[stage]
         try:
-            self._send(run_id, metrics)
+            self._send(run_id, metrics, sent=self.sent[stage])
         except Exception as exc:  # a server that stopped answering must not stop the training
             if not self.failing:
                 log.warning("MLflow: cannot log %s's metrics (%s); sending them again at the next "
-                            "checkpoint", stage, str(exc).splitlines()[0][:160])
+                            "checkpoint", stage, _reason(exc))
             self.failing = True
             return
         self.failing = False
-        self.sent[stage] = sent
         self.pending[stage] = [(e, t) for e, t in self.pending[stage] if e["step"] > step]
 
     def stage_done(self, stage: str, stage_dir: Path, metrics: dict[str, Any]) -> None:
         if stage in self.open:
             self.commit(stage, max((e["step"] for e, _ in self.pending[stage]), default=0))
             run_id = self.open.pop(stage)
-            if (stage_dir / layout.STAGE_METRICS).is_file():
-                self.client.log_artifact(run_id, str(stage_dir / layout.STAGE_METRICS))
-            self.client.set_terminated(run_id, "FINISHED")
+            with _tolerated(f"finish {stage}'s run"):
+                if (stage_dir / layout.STAGE_METRICS).is_file():
+                    self.client.log_artifact(run_id, str(stage_dir / layout.STAGE_METRICS))
+                self.client.set_terminated(run_id, "FINISHED")
         now, values = int(time.time() * 1000), []
         for key, value in scalars(flatten(metrics)).items():
             name = mlflow_name(f"{stage}/{key}")
-            if name not in self.parent_sent:
+            if name not in self.parent_sent:  # a rerun sends what this one could not
                 values.append((name, value, now, 0))
                 self.parent_sent[name] = 0
-        self._send(self.run_id, values)
+        with _tolerated(f"log {stage}'s metrics"):
+            self._send(self.run_id, values)
 
     def run_done(self, run_dir: Path, stages: list[str]) -> None:
-        for name in (layout.METRICS, layout.REPORT):
-            if (run_dir / name).is_file():
-                self.client.log_artifact(self.run_id, str(run_dir / name))
+        with _tolerated("log the run's artifacts"):
+            for name in (layout.METRICS, layout.REPORT):
+                if (run_dir / name).is_file():
+                    self.client.log_artifact(self.run_id, str(run_dir / name))
 
     def close(self, status: str, checkpointed: bool) -> None:
         for stage, run_id in self.open.items():

@@ -117,7 +117,7 @@ def tune(config: Config, out: str | Path, trials: int,
     from slade.pipeline import check_run_dir
 
     out = Path(out)
-    check_run_dir(config, out, force=False)
+    check_run_dir(config, out, force=False, ignored=("analysis.", "logging."))  # the same study
     with RunLock(out):  # one tune per directory: a trial left running was killed
         write_text(out / layout.CONFIG, dump_config(config))
         optuna.logging.set_verbosity(optuna.logging.WARNING)
