@@ -103,27 +103,33 @@ def _run(config: Config, run_dir: Path, until: str | None, force: bool, device, 
     if not main:  # lazy sets append what they meet to rank 0's report
         start_bad_image_report(bad_images, data.parts, write=False)
     with tracking.open_tracking(config, run_dir, main) as tracker:
-        ctx = RunContext(config, run_dir, data, device, tracker)
-        metrics: dict[str, dict] = {}
-        for name, stage in _stages(config):
-            result = stage(ctx)
-            if result is not None:
-                metrics[name] = result
-                if main:
-                    write_metrics(run_dir, metrics)
-                tracker.stage_done(name, ctx.stage_dir(name), result)
-            if name == until:
-                break
-        if until is None and config.analysis.enabled and main:
-            from slade.analysis.analyse import analyse_run, analysis_is_current
-
-            try:  # the stages' results stand whether or not the data suits the analysis
-                metrics["gap"] = analysis_is_current(run_dir, config) or analyse_run(run_dir)
-            except SladeError as exc:
-                log.warning("no visual analysis of %s: %s", run_dir, exc)
-            write_metrics(run_dir, metrics)
-        tracker.run_done(run_dir, stage_names(config))
+        metrics = _run_stages(RunContext(config, run_dir, data, device, tracker), until, main)
     distributed.finish()  # under torchrun: every process waits for the analysis, then leaves
+    return metrics
+
+
+def _run_stages(ctx: RunContext, until: str | None, main: bool) -> dict:
+    """Every stage up to ``until``, then (for a whole run) the analysis; their metrics."""
+    config, run_dir = ctx.config, ctx.run_dir
+    metrics: dict[str, dict] = {}
+    for name, stage in _stages(config):
+        result = stage(ctx)
+        if result is not None:
+            metrics[name] = result
+            if main:
+                write_metrics(run_dir, metrics)
+            ctx.tracking.stage_done(name, ctx.stage_dir(name), result)
+        if name == until:
+            break
+    if until is None and config.analysis.enabled and main:
+        from slade.analysis.analyse import analyse_run, analysis_is_current
+
+        try:  # the stages' results stand whether or not the data suits the analysis
+            metrics["gap"] = analysis_is_current(run_dir, config) or analyse_run(run_dir)
+        except SladeError as exc:
+            log.warning("no visual analysis of %s: %s", run_dir, exc)
+        write_metrics(run_dir, metrics)
+    ctx.tracking.run_done(run_dir, stage_names(config))
     return metrics
 
 
