@@ -97,6 +97,28 @@ def demo(
     _run(DEMO_CONFIG, out, overrides or [], until, False)
 
 
+@app.command("tune")
+def tune_command(
+    config: Annotated[Path, typer.Argument(help="Experiment config (YAML) with a tune: section.")],
+    trials: Annotated[int, typer.Option(help="Trials that should have ended (a rerun resumes).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Tuning directory (study.db, trial_NNN/...).")],
+    overrides: SetOption = None,
+) -> None:
+    """Tune the tune.params settings on the validation classes (Optuna TPE); best config -> OUT/best.yaml."""
+    from slade import run_layout as layout
+    from slade.config import load_config
+    from slade.tune import TrialResult, tune
+
+    def report(trial: TrialResult, best: TrialResult | None) -> None:
+        leader = "" if best is None else f"   (best: {best.run_dir.name}, {best.value:.4f})"
+        console.print(escape(trial.describe() + leader), highlight=False, soft_wrap=True)
+
+    best = tune(load_config(config, overrides or []), out, trials, report)
+    if best is not None:
+        console.print(f"best: {best.describe()}; its config: {out / layout.BEST_CONFIG}", highlight=False,
+                      soft_wrap=True)
+
+
 def _load_array(path: Path, what: str) -> np.ndarray:
     try:
         return np.load(path, allow_pickle=False)

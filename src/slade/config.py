@@ -270,6 +270,32 @@ class AnalysisConfig:
 
 
 @dataclass
+class LoggingConfig:
+    """Experiment tracking (``tracking.py``): what the training logs, also sent to TensorBoard or MLflow."""
+
+    # RUN/tensorboard/<stage>/: every logged scalar, the periodic evaluations, the training figures.
+    tensorboard: bool = False
+    # One MLflow run per run directory, a nested run per training stage (`pip install slade[mlflow]`).
+    mlflow: bool = False
+    # A tracking server (`http://host:5000`), `sqlite:///mlflow.db`, `file:/path`...; empty: a file:
+    # store in RUN/mlruns.
+    mlflow_uri: str = ""
+    mlflow_experiment: str = "slade"
+
+
+@dataclass
+class TuneConfig:
+    """``slade tune``: the settings to search and the score to maximise (``tune.py``)."""
+
+    # Setting -> a range (`student.lr: {low: 1e-4, high: 1e-2, log: true}`, `step:` too; ints for an
+    # int setting) or a list of choices (`student.mining: [confident, lenient]`).
+    params: dict[str, Any] = field(default_factory=dict)
+    # `stage.metric` of RUN/metrics.json, scored on the data.validation classes (`teacher.recall@1`);
+    # empty: the last student's map@r.
+    objective: str = ""
+
+
+@dataclass
 class Config:
     """One SLADE experiment."""
 
@@ -285,6 +311,8 @@ class Config:
     student: StudentConfig = field(default_factory=StudentConfig)
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
     analysis: AnalysisConfig = field(default_factory=AnalysisConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    tune: TuneConfig = field(default_factory=TuneConfig)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -476,8 +504,90 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             where.origin[key] = "--set"
         data = _merge(data, parsed)
     config = _coerce(data, Config, "", where) if data else Config()
+    config.tune.params = _search_space(config.tune.params, where)
     validate(config)
     return config
+
+
+def with_settings(config: Config, settings: dict[str, Any]) -> Config:
+    """``config`` with ``{dotted key: value}`` applied, checked as a loaded config is."""
+    data = to_dict(config)
+    for key, value in settings.items():
+        _set_dotted(data, key, value)
+    changed = _coerce(data, Config, "", _Where("<settings>"))
+    validate(changed)
+    return changed
+
+
+def setting_type(dotted: str) -> Any:
+    """The type of setting ``dotted`` (``student.lr`` -> float).
+
+    Raises:
+        KeyError: no such setting (or ``dotted`` is a section).
+    """
+    tp: Any = Config
+    for part in dotted.split("."):
+        if not dataclasses.is_dataclass(tp) or part not in {f.name for f in dataclasses.fields(tp)}:
+            raise KeyError(dotted)
+        tp = typing.get_type_hints(tp)[part]
+    if dataclasses.is_dataclass(tp):
+        raise KeyError(dotted)
+    return tp
+
+
+_RANGE_KEYS = ("low", "high", "log", "step")
+
+
+def _search_space(params: dict[str, Any], where: _Where, prefix: str = "") -> dict[str, Any]:
+    """``tune.params`` as ``{setting: range | choices}``, each checked against its setting's type.
+
+    A setting may be written dotted (``student.lr: ...``) or nested (``student: {lr: ...}``).
+    """
+    space: dict[str, Any] = {}
+    for name, spec in params.items():
+        setting, key = f"{prefix}{name}", f"tune.params.{prefix}{name}"
+        if isinstance(spec, dict) and spec and not spec.keys() & set(_RANGE_KEYS):
+            space.update(_search_space(spec, where, f"{setting}."))
+            continue
+        try:
+            tp = setting_type(setting)
+        except KeyError:
+            raise ConfigError(f"{where(key)}: {key}: {setting} is not a setting") from None
+        if setting.split(".")[0] in ("tune", "logging"):
+            raise ConfigError(f"{where(key)}: {key}: not a setting a trial can change")
+        if isinstance(spec, dict):
+            space[setting] = _search_range(spec, tp, key, where)
+        elif isinstance(spec, list) and spec:
+            choices = [_coerce(v, tp, key, where) for v in spec]
+            if not all(v is None or isinstance(v, (bool, int, float, str)) for v in choices):
+                raise ConfigError(f"{where(key)}: {key}: choices must be single values, not lists")
+            space[setting] = choices
+        else:
+            raise ConfigError(f"{where(key)}: {key}: expected a range {{low: .., high: ..}} or a list "
+                              f"of choices, got {spec!r}")
+    return space
+
+
+def _search_range(spec: dict[str, Any], tp: Any, key: str, where: _Where) -> dict[str, Any]:
+    if tp not in (int, float):
+        raise ConfigError(f"{where(key)}: {key}: a range needs a number setting, this one is "
+                          f"{_type_name(tp)}: give a list of choices")
+    unknown = sorted(spec.keys() - set(_RANGE_KEYS))
+    if unknown or "low" not in spec or "high" not in spec:
+        raise ConfigError(f"{where(key)}: {key}: a range is {{low: .., high: ..}} with optional log "
+                          f"and step{f', not {unknown[0]}' if unknown else ''}")
+    low, high = (_coerce(spec[k], tp, f"{key}.{k}", where) for k in ("low", "high"))
+    log = _coerce(spec.get("log", False), bool, f"{key}.log", where)
+    out = {"low": low, "high": high, "log": log}
+    if "step" in spec:
+        out["step"] = _coerce(spec["step"], tp, f"{key}.step", where)
+    problem = ("low must be below high" if low >= high else
+               "a log range needs low > 0" if log and low <= 0 else
+               "step must be > 0" if out.get("step", 1) <= 0 else
+               "step and log do not go together" if log and "step" in out else None)
+    if problem:
+        raise ConfigError(f"{where(key)}: {key}: {problem}")
+    return out
 
 
 def validate(config: Config) -> None:

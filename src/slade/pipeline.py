@@ -27,6 +27,7 @@ from functools import partial
 from pathlib import Path
 
 from slade import run_layout as layout
+from slade import tracking
 from slade.config import Config, diff_configs, dump_config, load_config
 from slade.data.build import build_splits, prepare
 from slade.data.datasets import start_bad_image_report, write_bad_image_report
@@ -47,13 +48,16 @@ def stage_names(config: Config) -> list[str]:
     return layout.stages(config.student.rounds)
 
 
-def _check_run_dir(config: Config, run_dir: Path, force: bool) -> None:
+def check_run_dir(config: Config, run_dir: Path, force: bool,
+                  ignored: tuple[str, ...] = tracking.NOT_RESULTS) -> None:
+    """Refuse a run directory made with another config, but for the ``ignored`` settings."""
     saved = run_dir / layout.CONFIG
     if not saved.exists() or force:
         return
     previous = load_config(saved)
-    # The analysis settings change no stage's result: the analysis is redone when they differ.
-    differing = [k for k in diff_configs(previous, config) if not k.startswith("analysis.")]
+    # The analysis settings change no stage's result (the analysis is redone when they differ), nor
+    # do the tracking and tuning settings.
+    differing = [k for k in diff_configs(previous, config) if not k.startswith(ignored)]
     if differing:
         raise ConfigError(
             f"{saved}: this run directory was made with another config (differs in "
@@ -76,6 +80,7 @@ def run(config: Config, run_dir: str | Path, until: str | None = None, force: bo
     resolve_precision(config.train.precision, device)  # fp16 without CUDA stops here, before any work
     if config.model.weights:
         require_weights_file(config.model.weights)  # and so does a missing weights file
+    tracking.check(config.logging)  # a missing package or a silent server: before anything is written
     device = distributed.setup(device)  # joins torchrun's processes
     main = distributed.is_main()  # the only process that writes files, and holds the lock
     with RunLock(run_dir) if main else contextlib.nullcontext():
@@ -84,7 +89,7 @@ def run(config: Config, run_dir: str | Path, until: str | None = None, force: bo
 
 def _run(config: Config, run_dir: Path, until: str | None, force: bool, device, main: bool) -> dict:
     if main:
-        _check_run_dir(config, run_dir, force)
+        check_run_dir(config, run_dir, force)
         run_dir.mkdir(parents=True, exist_ok=True)
         remove_partial_writes(run_dir)  # of a killed run; stage folders are cleaned as each stage starts
         write_text(run_dir / layout.CONFIG, dump_config(config))
@@ -103,8 +108,15 @@ def _run(config: Config, run_dir: Path, until: str | None, force: bool, device, 
     distributed.barrier()
     if not main:  # lazy sets append what they meet to rank 0's report
         start_bad_image_report(bad_images, data.parts, write=False)
-    ctx = RunContext(config, run_dir, data, device)
+    with tracking.open_tracking(config, run_dir, main) as tracker:
+        metrics = _run_stages(RunContext(config, run_dir, data, device, tracker), until, main)
+    distributed.finish()  # under torchrun: every process waits for the analysis, then leaves
+    return metrics
 
+
+def _run_stages(ctx: RunContext, until: str | None, main: bool) -> dict:
+    """Every stage up to ``until``, then (for a whole run) the analysis; their metrics."""
+    config, run_dir = ctx.config, ctx.run_dir
     metrics: dict[str, dict] = {}
     for name, stage in _stages(config):
         result = stage(ctx)
@@ -112,6 +124,7 @@ def _run(config: Config, run_dir: Path, until: str | None, force: bool, device, 
             metrics[name] = result
             if main:
                 write_metrics(run_dir, metrics)
+            ctx.tracking.stage_done(name, ctx.stage_dir(name), result)
         if name == until:
             break
     if until is None and config.analysis.enabled and main:
@@ -122,7 +135,7 @@ def _run(config: Config, run_dir: Path, until: str | None, force: bool, device, 
         except SladeError as exc:
             log.warning("no visual analysis of %s: %s", run_dir, exc)
         write_metrics(run_dir, metrics)
-    distributed.finish()  # under torchrun: every process waits for the analysis, then leaves
+    ctx.tracking.run_done(run_dir, stage_names(config))
     return metrics
 
 

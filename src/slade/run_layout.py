@@ -13,6 +13,12 @@
     RUN/student/basis.pt               the student's feature basis and Gaussians
     RUN/pseudo_labels/                 embeddings.npy, pseudo_labels.csv, clusters.json
     RUN/analysis/, RUN/report.html     t-SNE maps, training plots, gap.json; the run report
+    RUN/tensorboard/<stage>/           TensorBoard events of the stage (``logging.tensorboard``)
+    RUN/mlruns/, RUN/tracking.json     the default MLflow store; the run's MLflow ids (``logging.mlflow``)
+
+``slade tune CONFIG --out DIR`` (``tune.py``) writes ``DIR/config.yaml`` (the config tuned),
+``DIR/study.db`` (the Optuna study), ``DIR/trial_000/``... (a run directory per trial) and
+``DIR/best.yaml`` (the best trial's config).
 
 Stage folders: ``pretrain``, ``teacher``, then per round r ``pseudo_labels`` and ``student``, with
 ``_round{r}`` appended from round 2 on (``pseudo_labels_round2``, ``student_round2``...). A stage's
@@ -29,6 +35,14 @@ METRICS = "metrics.json"
 REPORT = "report.html"
 ANALYSIS = "analysis"
 LOCK = "slade.lock"  # held by the one process that writes the directory (engine/run_lock.py)
+TENSORBOARD = "tensorboard"  # RUN/tensorboard/<stage>/: event files (tracking.py)
+MLFLOW_STORE = "mlruns"  # the default MLflow store (a file: store)
+TRACKING = "tracking.json"  # the MLflow ids of the run and its stages
+
+# A tuning directory (tune.py): CONFIG and LOCK too.
+STUDY = "study.db"
+BEST_CONFIG = "best.yaml"
+TRIALS = "trial_*"  # every trial's run directory (trial())
 
 # Stages.
 PRETRAIN = "pretrain"
@@ -80,6 +94,11 @@ def stages(rounds: int) -> list[str]:
     for r in range(1, rounds + 1):
         names += [pseudo_labels(r), student(r)]
     return names
+
+
+def trial(number: int) -> str:
+    """The run directory of tuning trial ``number``: ``trial_000``..."""
+    return f"trial_{number:03d}"
 
 
 def tsne_figure(embedding: str) -> str:

@@ -14,12 +14,12 @@ TINY = [
 ]
 
 
-def slade_demo(out, kill_at, signal_name="KILL", until=None, fail_at=""):
-    """``slade demo`` of the tiny run in a subprocess, killed (``kill_at``) or refused a write
-    (``fail_at``) where asked (slade/engine/faults.py)."""
+def slade_demo(out, kill_at, signal_name="KILL", until=None, fail_at="", extra=()):
+    """``slade demo`` of the tiny run (with ``extra`` overrides) in a subprocess, killed (``kill_at``)
+    or refused a write (``fail_at``) where asked (slade/engine/faults.py)."""
     env = {**os.environ, "SLADE_PROGRESS": "0", "SLADE_KILL_AT": kill_at, "SLADE_KILL_SIGNAL": signal_name,
            "SLADE_FAIL_AT": fail_at}
-    overrides = [arg for o in TINY for arg in ("--set", o)]
+    overrides = [arg for o in [*TINY, *extra] for arg in ("--set", o)]
     command = [sys.executable, "-m", "slade", "demo", "--out", str(out), *overrides]
     if until:
         command += ["--until", until]

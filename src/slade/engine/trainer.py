@@ -39,6 +39,7 @@ from slade.engine.stage import TrainingStage
 from slade.errors import DistributedError, TrainingError
 from slade.io import write_text, writing
 from slade.models.embedder import EmbeddingNet
+from slade.tracking import TrackedLog, Tracking
 
 log = logging.getLogger("slade")
 
@@ -102,6 +103,10 @@ class JsonlLog:
         with writing(self.path), open(self.path, "a") as f:
             f.write(json.dumps(entry) + "\n")
 
+    def commit(self, step: int) -> None:
+        """The steps up to ``step`` are in a checkpoint (no rollback undoes them): the file has them
+        already; a tracked log (``tracking.py``) sends them on."""
+
 
 class _NoLog:
     """The log of a rank other than 0: rank 0 writes the run's files."""
@@ -111,6 +116,12 @@ class _NoLog:
 
     def write(self, entry: dict[str, Any]) -> None:
         pass
+
+    def commit(self, step: int) -> None:
+        pass
+
+
+History = JsonlLog | _NoLog | TrackedLog  # a stage's log: the file, nothing (rank > 0), or tracked too
 
 
 def fit(
@@ -122,6 +133,7 @@ def fit(
     fingerprint: dict[str, Any] | None = None,
     precision: Precision | None = None,
     compile: bool = False,
+    tracking: Tracking | None = None,
 ) -> TrainResult:
     """Train ``stage`` for ``config.steps`` steps, resuming from ``out_dir/checkpoint.pt``.
 
@@ -147,6 +159,7 @@ def fit(
             and inputs, ``stages/fingerprint.py``).
         precision: autocast, layout and loss scaling (``train.precision``); None: ``auto``.
         compile: ``torch.compile`` the backbone of each embedding network (``train.compile``).
+        tracking: where the logged scalars also go (TensorBoard, MLflow: ``tracking.py``).
     """
     main = distributed.is_main()  # the rank that writes files
     if main:
@@ -163,8 +176,9 @@ def fit(
     checkpoint = CheckpointSaver(out_dir / layout.CHECKPOINT, stage, modules, optimizer, scheduler,
                                  fingerprint or {}, cuda, write=main, scaler=scaler)
     stop = StopSignals(stage.name)  # a signal during the first checkpoint's write: stop after step 1
+    resumed = distributed.broadcast_flag(checkpoint.exists())  # rank 0's file decides
     with stop:
-        if distributed.broadcast_flag(checkpoint.exists()):  # rank 0's file decides
+        if resumed:
             position = checkpoint.restore()
         else:
             position = Position()
@@ -172,7 +186,9 @@ def fit(
             if config.steps:  # the state a non-finite loss before the first checkpoint rolls back to
                 checkpoint.save(position)
     start = position.step
-    history = JsonlLog(out_dir / layout.LOG, start) if main else _NoLog()
+    history: History = JsonlLog(out_dir / layout.LOG, start) if main else _NoLog()
+    if main and tracking is not None:
+        history = tracking.stage_log(stage.name, history, resumed)
     batches = _skipping(stage, position)
     started, speed = time.perf_counter(), _Throughput()
     metrics: dict[str, float] = {}
@@ -209,12 +225,14 @@ def fit(
                 metrics = _evaluate(evaluate, modules, history, done)
             if config.checkpoint_every and done % config.checkpoint_every == 0:
                 checkpoint.save(position)
+                history.commit(done)
             stop.check(done, checkpoint, position)  # after SIGTERM: the checkpoint, then stop
             progress.update(task, completed=done)
     if evaluate:
         metrics = _evaluate(evaluate, modules, history, config.steps)
     if config.steps > start:
         checkpoint.save(position)
+    history.commit(position.step)
     return TrainResult(config.steps - start, time.perf_counter() - started, metrics)
 
 
@@ -309,7 +327,7 @@ def _skipping(stage: TrainingStage, position: Position) -> Iterator[tuple[int, A
 
 
 def _recover(fault: tuple[str, float], stage: str, step: int, batch_number: int, position: Position,
-             config: TrainConfig, checkpoint: CheckpointSaver, history: JsonlLog | _NoLog) -> Position:
+             config: TrainConfig, checkpoint: CheckpointSaver, history: History) -> Position:
     """Roll back to the checkpoint and skip the failed batch, or raise (``nonfinite: stop``).
 
     The log loses the steps rolled back and records the rollback; the checkpoint keeps the skipped
@@ -334,7 +352,7 @@ def _recover(fault: tuple[str, float], stage: str, step: int, batch_number: int,
 
 
 def _evaluate(evaluate: Callable[[], dict[str, float]], modules: dict[str, nn.Module],
-              history: JsonlLog | _NoLog, step: int) -> dict[str, float]:
+              history: History, step: int) -> dict[str, float]:
     """The metrics of the modules in eval mode, logged at ``step``."""
     for module in modules.values():
         module.eval()

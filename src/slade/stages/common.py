@@ -18,7 +18,7 @@ import hashlib
 import json
 import logging
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, overload
 
@@ -38,6 +38,7 @@ from slade.inference import Images, embed_dataset, load_embedding_net, save_embe
 from slade.io import read_json, remove_partial_writes, write_json
 from slade.models.embedder import EmbeddingNet, create_embedder
 from slade.stages.fingerprint import config_fingerprint, fingerprint_differences
+from slade.tracking import Tracking
 
 log = logging.getLogger("slade")
 
@@ -76,12 +77,13 @@ def embed_images(config: Config, device: torch.device, model: EmbeddingNet, imag
 
 @dataclass
 class RunContext:
-    """The run a stage belongs to: its config, folder, decoded data and device."""
+    """The run a stage belongs to: its config, folder, decoded data, device and trackers."""
 
     config: Config
     run_dir: Path
     data: PreparedData
     device: torch.device
+    tracking: Tracking = field(default_factory=Tracking)  # where the training logs also go
 
     def stage_dir(self, name: str) -> Path:
         """The folder of stage ``name`` (``run_layout.py``)."""

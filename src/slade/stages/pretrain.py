@@ -98,6 +98,6 @@ def run_pretrain(ctx: RunContext) -> dict:
     images = UnlabeledUnion(ctx.data.labeled, ctx.data.unlabeled)
     stage = SwAVStage(model, images, ctx.config.pretrain, ctx.config.data, ctx.config.seed)
     result = fit(stage, ctx.config.pretrain, out, ctx.device, ctx.evaluator(model), fingerprint,
-                 ctx.precision, ctx.config.train.compile)
+                 ctx.precision, ctx.config.train.compile, ctx.tracking)
     metrics = {**result.final_metrics, "train_seconds": round(result.seconds, 1)}
     return finish_stage(ctx, out, model, metrics, fingerprint)

@@ -238,7 +238,7 @@ def run_student_round(ctx: RunContext, round_index: int) -> dict:
     stage = StudentStage(model, ctx.data.labeled, ctx.data.unlabeled, pseudo.labels, cfg,
                          ctx.config.data, ctx.config.seed + round_index, name, context)
     result = fit(stage, cfg, out, ctx.device, ctx.evaluator(model), fingerprint, ctx.precision,
-                 ctx.config.train.compile)
+                 ctx.config.train.compile, ctx.tracking)
     metrics = {**result.final_metrics, "train_seconds": round(result.seconds, 1), "init": init,
                "pseudo_labels": read_statistics(labels_dir)}
     return finish_stage(ctx, out, model, metrics, fingerprint,

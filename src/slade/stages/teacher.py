@@ -71,7 +71,7 @@ def run_teacher(ctx: RunContext) -> dict:
     torch.manual_seed(ctx.config.seed)  # the loss's own parameters, if any, whatever ran before
     stage = RankingStage(model, ctx.data.labeled, cfg, ctx.config.data, ctx.config.seed)
     result = fit(stage, cfg, out, ctx.device, ctx.evaluator(model), fingerprint, ctx.precision,
-                 ctx.config.train.compile)
+                 ctx.config.train.compile, ctx.tracking)
     metrics = {**result.final_metrics, "train_seconds": round(result.seconds, 1),
                "init": "pretrain" if from_pretrain else "random"}
     return finish_stage(ctx, out, model, metrics, fingerprint)
