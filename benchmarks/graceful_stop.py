@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from chaos import last_step  # benchmarks/chaos.py: the last step a stage has logged
 
 from slade import run_layout as layout
 from slade.cli import DEMO_CONFIG
@@ -34,17 +35,6 @@ from slade.engine.checkpoint import save_checkpoint
 from slade.engine.preemption import PREEMPTED_EXIT
 
 OVERRIDES = ["pretrain.enabled=false", "teacher.log_every=1", "analysis.enabled=false"]
-
-
-def last_step(log: Path) -> int:
-    if not log.is_file():
-        return 0
-    for line in reversed(log.read_text().splitlines()):
-        try:
-            return int(json.loads(line).get("step", 0))
-        except json.JSONDecodeError:
-            continue
-    return 0
 
 
 def trial(out: Path, at_step: int, env: dict) -> dict:

@@ -21,6 +21,7 @@ import os
 import signal
 import threading
 from types import FrameType
+from typing import TypeVar
 
 from slade.engine import distributed
 from slade.engine.checkpoint import CheckpointSaver, Position
@@ -31,15 +32,17 @@ log = logging.getLogger("slade")
 SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
-class StopAnywhere:
-    """While active, the first SIGTERM / SIGINT raises :class:`Preempted` wherever the process is
-    (a training loop's :class:`StopSignals` inside it defers the signal to the end of the step)."""
+_H = TypeVar("_H", bound="_Handlers")
 
-    def __init__(self, command: str) -> None:
-        self.command = command
+
+class _Handlers:
+    """While active, SIGTERM and SIGINT go to ``self._handle`` (in the main thread only, where
+    Python runs signal handlers); the previous handlers come back on exit."""
+
+    def __init__(self) -> None:
         self._previous: dict[int, object] = {}
 
-    def __enter__(self) -> StopAnywhere:
+    def __enter__(self: _H) -> _H:
         if threading.current_thread() is threading.main_thread():
             for sig in SIGNALS:
                 self._previous[sig] = signal.signal(sig, self._handle)
@@ -51,6 +54,18 @@ class StopAnywhere:
         self._previous.clear()
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
+        raise NotImplementedError
+
+
+class StopAnywhere(_Handlers):
+    """While active, the first SIGTERM / SIGINT raises :class:`Preempted` wherever the process is
+    (a training loop's :class:`StopSignals` inside it defers the signal to the end of the step)."""
+
+    def __init__(self, command: str) -> None:
+        super().__init__()
+        self.command = command
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
         for sig in SIGNALS:  # a second signal, during the unwinding, ends the process at once
             signal.signal(sig, signal.SIG_DFL)
         raise Preempted(f"{self.command}: stopped by {signal.Signals(signum).name} outside a training "
@@ -58,24 +73,13 @@ class StopAnywhere:
                         f"resume (exit {PREEMPTED_EXIT})")
 
 
-class StopSignals:
+class StopSignals(_Handlers):
     """While active, SIGTERM / SIGINT set :attr:`received` instead of ending the process."""
 
     def __init__(self, stage: str) -> None:
+        super().__init__()
         self.stage = stage
         self.received: int | None = None
-        self._previous: dict[int, object] = {}
-
-    def __enter__(self) -> StopSignals:
-        if threading.current_thread() is threading.main_thread():  # handlers live in the main thread
-            for sig in SIGNALS:
-                self._previous[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)  # type: ignore[arg-type]
-        self._previous.clear()
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         if self.received is not None:  # the second signal: stop now, as without a handler
