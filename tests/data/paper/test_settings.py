@@ -81,6 +81,7 @@ def test_pool_labels_serve_diagnostics_and_never_reach_the_student(roots):
         "data.channels=3", "data.dark_background=false", "data.image_size=16", "model.width=8",
         "model.embedding_dim=8", "student.batch_size=4", "student.m_per_class=2",
         "student.unlabeled_batch_size=4", "student.unlabeled_m_per_class=2", "student.basis_warmup_steps=0",
+        "student.mining=confident", "student.miner=multi_similarity",  # the paper's student, its basis
     ])
     data = prepare(build_splits(config.data, config.seed), config.data)
     assert not data.unlabeled.image_set.labeled and data.unlabeled.image_set.has_labels
