@@ -63,19 +63,24 @@ def test_same_seed_gives_identical_weights(class_tree, tmp_path):
         assert torch.equal(value, b.model.state_dict()[key]), key
 
 
-def test_resume_after_interruption_equals_uninterrupted_run(class_tree, tmp_path):
-    reference, cfg = make_stage(class_tree)
-    fit(reference, cfg, tmp_path / "reference", CPU)
-
-    interrupted, _ = make_stage(class_tree)
-    original = interrupted.loss_terms
+def crashing_at_step_4(stage):
+    """``stage``, interrupted (KeyboardInterrupt) when it reaches step 4."""
+    original = stage.loss_terms
 
     def crash_at_step_4(batch, step):
         if step == 4:
             raise KeyboardInterrupt
         return original(batch, step)
 
-    interrupted.loss_terms = crash_at_step_4
+    stage.loss_terms = crash_at_step_4
+    return stage
+
+
+def test_resume_after_interruption_equals_uninterrupted_run(class_tree, tmp_path):
+    reference, cfg = make_stage(class_tree)
+    fit(reference, cfg, tmp_path / "reference", CPU)
+
+    interrupted = crashing_at_step_4(make_stage(class_tree)[0])
     with pytest.raises(KeyboardInterrupt):
         fit(interrupted, cfg, tmp_path / "run", CPU)
     assert load_checkpoint(tmp_path / "run" / layout.CHECKPOINT)["step"] == 3
@@ -230,15 +235,7 @@ def test_fp16_gradient_scaler_state_resumes_exactly(class_tree, tmp_path):
     scaler = load_checkpoint(tmp_path / "reference" / layout.CHECKPOINT)["scaler"]
     assert scaler["scale"] < 2.0**16  # the first step overflowed at the initial scale and was skipped
 
-    interrupted, _ = make_stage(class_tree)
-    original = interrupted.loss_terms
-
-    def crash_at_step_4(batch, step):
-        if step == 4:
-            raise KeyboardInterrupt
-        return original(batch, step)
-
-    interrupted.loss_terms = crash_at_step_4
+    interrupted = crashing_at_step_4(make_stage(class_tree)[0])
     with pytest.raises(KeyboardInterrupt):
         fit(interrupted, cfg, tmp_path / "run", CPU, precision=fp16)
     assert load_checkpoint(tmp_path / "run" / layout.CHECKPOINT)["scaler"]["scale"] == scaler["scale"]
