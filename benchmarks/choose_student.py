@@ -29,7 +29,7 @@ import os
 import platform
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 
 import numpy as np
@@ -87,26 +87,42 @@ def finished(root: Path, names: list[str]) -> dict:
     return result
 
 
-def train_seed(args, phase: str, seed: int, names: list[str]) -> dict:
-    """The teacher (in the ``slade`` run) and each named student of one seed; their metrics."""
-    base = [f"seed={seed}", f"data.pool={args.pool}", "analysis.enabled=false", *args.set]
+def train(args, phase: str, seeds: list[int], names: list[str]) -> list[dict]:
+    """Each seed's teacher, then its named students, ``--jobs`` runs at a time; each seed's metrics.
+
+    The teacher is the ``slade`` run stopped after its pseudo labels; once a seed's teacher is done,
+    its students (the ``slade`` run itself carried on, and the others started from hard links to its
+    stages) are queued, so that no core waits on a seed whose students are running one by one.
+    """
+    base = [f"data.pool={args.pool}", "analysis.enabled=false", *args.set]
     if phase == "validation":
         base += VALIDATION[args.config]
-    root = args.out / phase / args.pool / f"seed{seed}"
+    roots = {seed: args.out / phase / args.pool / f"seed{seed}" for seed in seeds}
     if args.report_only:
-        return {"seed": seed, **finished(root, names)}
-    first = slade_run(root / "slade", args.config, base + CANDIDATES["slade"][1], None, args.threads)
-    result = {"seed": seed, "teacher": first["teacher"], "slade": first["student"]
-              | student_diagnostics(root / "slade")}
-    for name in names:
-        if name == "slade":
-            continue
-        seed_from(root / "slade", root / name, ["pretrain", "teacher", "pseudo_labels"])
-        metrics = slade_run(root / name, args.config, base + CANDIDATES[name][1], None, args.threads)
-        result[name] = metrics["student"] | student_diagnostics(root / name)
-    print(f"{phase} seed {seed}: " + ", ".join(f"{k} {result[k]['map@r']:.4f}" for k in ["teacher", *names]),
-          flush=True)
-    return result
+        return [{"seed": seed, **finished(roots[seed], names)} for seed in seeds]
+
+    def run(seed: int, name: str, until: str | None = None) -> dict:
+        root = roots[seed]
+        if name != "slade":
+            seed_from(root / "slade", root / name, ["pretrain", "teacher", "pseudo_labels"])
+        overrides = [f"seed={seed}", *base, *CANDIDATES[name][1]]
+        return slade_run(root / name, args.config, overrides, until, args.threads)
+
+    results: dict[int, dict] = {seed: {"seed": seed} for seed in seeds}
+    with ThreadPoolExecutor(args.jobs) as executor:
+        teachers = {executor.submit(run, seed, "slade", "pseudo_labels"): seed for seed in seeds}
+        students = {}
+        for done in as_completed(teachers):
+            seed = teachers[done]
+            results[seed]["teacher"] = done.result()["teacher"]
+            students |= {executor.submit(run, seed, name): (seed, name) for name in names}
+        for done in as_completed(students):
+            seed, name = students[done]
+            results[seed][name] = done.result()["student"] | student_diagnostics(roots[seed] / name)
+            if all(n in results[seed] for n in names):
+                print(f"{phase} seed {seed}: " + ", ".join(
+                    f"{k} {results[seed][k]['map@r']:.4f}" for k in ["teacher", *names]), flush=True)
+    return [results[seed] for seed in seeds]
 
 
 def score(results: list[dict], name: str) -> tuple[float, float]:
@@ -158,8 +174,7 @@ def main() -> None:
     args.threads = args.threads or max(1, (os.cpu_count() or 1) // args.jobs)
     started = time.perf_counter()
     names = list(args.candidates)
-    with ThreadPoolExecutor(args.jobs) as executor:
-        valid = list(executor.map(lambda s: train_seed(args, "validation", s, names), args.seeds))
+    valid = train(args, "validation", args.seeds, names)
     complete = all(n in r for r in valid for n in names)
     best = choose(valid, names) if complete else {}  # a choice needs every candidate on every seed
     text = [f"# Choosing the student on validation: `{args.config}`, pool `{args.pool}`", "",
@@ -181,8 +196,7 @@ def main() -> None:
             text += ["## Test classes, read once", "", *table(test, names, best), ""]
     elif args.phase == "both":
         final = sorted({best["naive"], "slade", best["overall"]}, key=names.index)
-        with ThreadPoolExecutor(args.jobs) as executor:
-            test = list(executor.map(lambda s: train_seed(args, "test", s, final), args.seeds))
+        test = train(args, "test", args.seeds, final)
         text += ["## Test classes, read once: every labeled class, chosen students only", "",
                  *table(test, final, best), ""]
         for other in (best["naive"], "slade"):
