@@ -18,7 +18,8 @@ overall; their test scores are the final table, read once.
         --seeds 0 1 2 --out runs/choose --table benchmarks/results/student_choice.md
 
 Runs are resumable (finished stages are reused), so rerunning after an interruption trains only
-what is missing; ``--phase validation`` stops after the choice.
+what is missing; ``--phase validation`` stops after the choice. ``--set student.rounds=2`` adds a
+second round to every student (in the same run directories: round 1 is reused) and scores the last.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from omniglot_shift import (  # noqa: E402
     METRICS,
     PUBLISHED,
     add_run_options,
+    last_student,
     mean_std,
     seed_from,
     slade_run,
@@ -83,7 +85,8 @@ def finished(root: Path, names: list[str]) -> dict:
         if "teacher" in metrics and "teacher" not in result:
             result["teacher"] = metrics["teacher"]
         if "student" in metrics:
-            result[name] = metrics["student"] | student_diagnostics(root / name)
+            last = last_student(metrics)  # with student.rounds > 1, the last round's student
+            result[name] = metrics[last] | student_diagnostics(root / name, last)
     return result
 
 
@@ -118,7 +121,9 @@ def train(args, phase: str, seeds: list[int], names: list[str]) -> list[dict]:
             students |= {executor.submit(run, seed, name): (seed, name) for name in names}
         for done in as_completed(students):
             seed, name = students[done]
-            results[seed][name] = done.result()["student"] | student_diagnostics(roots[seed] / name)
+            metrics = done.result()
+            last = last_student(metrics)
+            results[seed][name] = metrics[last] | student_diagnostics(roots[seed] / name, last)
             if all(n in results[seed] for n in names):
                 print(f"{phase} seed {seed}: " + ", ".join(
                     f"{k} {results[seed][k]['map@r']:.4f}" for k in ["teacher", *names]), flush=True)
