@@ -27,7 +27,6 @@ import argparse
 import json
 import os
 import platform
-import shutil
 import subprocess
 import sys
 import time
@@ -37,6 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from slade import run_layout as layout
+from slade.io import link_tree
 
 ROOT = Path(__file__).resolve().parents[1]
 METRICS = ("recall@1", "recall@2", "recall@4", "recall@8", "map@r")
@@ -69,7 +69,7 @@ def seed_from(src: Path, dst: Path, stages: list[str]) -> None:
     """Start ``dst`` from finished stages of ``src`` (hard links: nothing is copied)."""
     for stage in stages:
         if (src / stage).is_dir() and not (dst / stage).exists():
-            shutil.copytree(src / stage, dst / stage, copy_function=os.link)
+            link_tree(src / stage, dst / stage)
 
 
 def last_student(metrics: dict) -> str:

@@ -140,3 +140,16 @@ def save_npy(path: str | Path, array: np.ndarray) -> Path:
             np.save(f, array)
 
     return atomic_write(path, write)
+
+
+def link_tree(source: str | Path, target: str | Path) -> None:
+    """Copy the folder ``source`` to ``target`` as hard links (nothing is copied where the file
+    system has them; a plain copy where it does not): a finished stage reused by another run."""
+    shutil.copytree(source, target, copy_function=_link)
+
+
+def _link(source: str, target: str) -> None:
+    try:
+        os.link(source, target)
+    except OSError:  # a file system without hard links
+        shutil.copy2(source, target)

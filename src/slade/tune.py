@@ -19,8 +19,6 @@ rate) is recorded as failed and the study goes on.
 from __future__ import annotations
 
 import logging
-import os
-import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +28,7 @@ from slade import run_layout as layout
 from slade.config import Config, dump_config, load_config, with_settings
 from slade.engine.run_lock import RunLock
 from slade.errors import ConfigError, TrainingError
-from slade.io import read_json, write_text
+from slade.io import link_tree, read_json, write_text
 from slade.stages.fingerprint import config_fingerprint
 
 log = logging.getLogger("slade")
@@ -268,12 +266,6 @@ def _seed_from_earlier(run_dir: Path, config: Config, earlier: list[Path]) -> No
             best, best_source = shared, source
     for stage in best:
         if not (run_dir / stage).exists():
-            shutil.copytree(best_source / stage, run_dir / stage, copy_function=_link)
+            link_tree(best_source / stage, run_dir / stage)
             log.info("%s: %s from %s", run_dir.name, stage, best_source.name)
 
-
-def _link(source: str, target: str) -> None:
-    try:
-        os.link(source, target)
-    except OSError:  # a file system without hard links
-        shutil.copy2(source, target)
