@@ -19,7 +19,8 @@ overall; their test scores are the final table, read once.
 
 Runs are resumable (finished stages are reused), so rerunning after an interruption trains only
 what is missing; ``--phase validation`` stops after the choice. ``--set student.rounds=2`` adds a
-second round to every student (in the same run directories: round 1 is reused) and scores the last.
+second round to every student and scores the last; with ``--reuse runs/choose`` (the one-round
+study) each run starts from that study's finished round 1, so only round 2 is trained.
 """
 
 from __future__ import annotations
@@ -34,6 +35,8 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 
 import numpy as np
+
+from slade import run_layout as layout
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from omniglot_shift import (  # noqa: E402
@@ -57,6 +60,7 @@ VALIDATION = {
     ],
 }
 NO_MINER = "student.miner="
+ROUND_ONE = layout.stages(rounds=1)  # pretrain, teacher, pseudo_labels, student
 # name -> (family, overrides), in the order they are trained. Each starts from SLADE as published
 # (PUBLISHED: the student defaults the study began with), so that every run keeps its settings
 # whatever the defaults are now; `contextual` has its k and k2 from the config.
@@ -106,6 +110,9 @@ def train(args, phase: str, seeds: list[int], names: list[str]) -> list[dict]:
 
     def run(seed: int, name: str, until: str | None = None) -> dict:
         root = roots[seed]
+        if args.reuse:  # e.g. a two-round study from the one-round runs: only round 2 is trained
+            seed_from(args.reuse / phase / args.pool / f"seed{seed}" / name, root / name,
+                      ROUND_ONE[:3] if until else ROUND_ONE)
         if name != "slade":
             seed_from(root / "slade", root / name, ["pretrain", "teacher", "pseudo_labels"])
         overrides = [f"seed={seed}", *base, *CANDIDATES[name][1]]
@@ -174,6 +181,8 @@ def main() -> None:
     parser.add_argument("--candidates", nargs="+", default=list(CANDIDATES), choices=list(CANDIDATES))
     parser.add_argument("--phase", choices=["validation", "both"], default="both")
     parser.add_argument("--set", action="append", default=[], help="config override, repeatable")
+    parser.add_argument("--reuse", type=Path, help="an earlier --out: start each run from its finished "
+                        "round-1 stages (hard links); a stage made with other settings is redone")
     add_run_options(parser, Path("runs/choose"))  # --report-only: each candidate over the seeds it has
     args = parser.parse_args()
     args.threads = args.threads or max(1, (os.cpu_count() or 1) // args.jobs)
@@ -200,12 +209,13 @@ def main() -> None:
         if test:
             text += ["## Test classes, read once", "", *table(test, names, best), ""]
     elif args.phase == "both":
-        final = sorted({best["naive"], "slade", best["overall"]}, key=names.index)
+        # the best naive, SLADE as published (when a candidate) and the best overall
+        final = [n for n in names if n in {best.get("naive"), "slade", best["overall"]}]
         test = train(args, "test", args.seeds, final)
         text += ["## Test classes, read once: every labeled class, chosen students only", "",
                  *table(test, final, best), ""]
-        for other in (best["naive"], "slade"):
-            if other != best["overall"]:
+        for other in (best.get("naive"), "slade"):
+            if other in final and other != best["overall"]:
                 for metric in ("recall@1", "map@r"):
                     gap = [r[best["overall"]][metric] - r[other][metric] for r in test]
                     text.append(f"- `{best['overall']}` − `{other}`, {metric}: {mean_std(gap)}")
