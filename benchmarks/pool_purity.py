@@ -22,7 +22,8 @@ never used in training; they measure, for a run on the overlap pool:
 judged, and any ``--checkpoint`` student stage directory besides, trained on the same pseudo labels
 (e.g. a run of a student stopped right after the basis warm-up: ``--set student.steps=201``).
 ``--clusters K ...`` re-clusters the teacher's pool embeddings (``pseudo_labels/embeddings.npy``)
-into each ``K`` and measures those clusters the same way.
+into each ``K`` and measures those clusters the same way; ``--dbscan-eps EPS ...`` clusters them by
+DBSCAN on the k-reciprocal Jaccard distance instead (domain-adaptive re-identification's pseudo labels).
 """
 
 from __future__ import annotations
@@ -255,6 +256,41 @@ def signal_audit(run: Path, labels: TileLabels, rows: np.ndarray, pseudo: np.nda
     return lines
 
 
+def dbscan_audit(run: Path, labels: TileLabels, rows: np.ndarray, args) -> list[str]:
+    """The re-identification clustering instead of k-means: DBSCAN on the k-reciprocal Jaccard
+    distance (``1 - sim``) of each pool image to its 30 nearest neighbours (Cluster Contrast, SpCL)."""
+    import scipy.sparse as sp
+    from sklearn.cluster import DBSCAN
+
+    from slade.context.neighbourhood import k_reciprocal_encoding, nearest_neighbours
+
+    pool = np.asarray(np.load(run / layout.PSEUDO_LABELS / layout.EMBEDDINGS), dtype=np.float32)
+    context = k_reciprocal_encoding(pool, k=args.context_k[0], k2=args.context_k2)
+    _, neighbours = nearest_neighbours(pool, 31)
+    i, j = np.repeat(np.arange(len(pool)), 30), neighbours[:, 1:].ravel()
+    distance = np.maximum(1.0 - context.pairs(i, j), 1e-6)  # a stored zero would read as no edge
+    graph = sp.csr_matrix((distance, (i, j)), shape=(len(pool), len(pool)))
+    graph = graph.maximum(graph.T).tocsr()
+    lines = [f"DBSCAN on the k-reciprocal Jaccard distance (k={args.context_k[0]}, k2={args.context_k2}), "
+             "min_samples 4; pair precision over the tiles it clusters, recall over all (an outlier "
+             "is a cluster of its own):", "",
+             "| eps | clusters | pool outliers | tile outliers | purity | NMI | pair precision | "
+             "pair recall |",
+             "|---|---|---|---|---|---|---|---|"]
+    for eps in args.dbscan_eps:
+        found = DBSCAN(eps=eps, min_samples=4, metric="precomputed").fit_predict(graph)
+        tiles = found[rows]
+        inside = tiles >= 0
+        quality = cluster_quality(tiles[inside], labels.classes[inside])
+        alone = tiles.copy()
+        alone[~inside] = found.max() + 1 + np.arange((~inside).sum())
+        recall = cluster_quality(alone, labels.classes)["same_char_pair_recall"]
+        lines.append(f"| {eps} | {found.max() + 1} | {(found < 0).mean():.3f} | {(~inside).mean():.3f} | "
+                     f"{quality['purity']:.3f} | {quality['nmi']:.3f} | "
+                     f"{quality['same_cluster_pair_precision']:.3f} | {recall:.3f} |")
+    return lines
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("runs", nargs="+", type=Path, help="slade run directories (overlap pool)")
@@ -277,6 +313,9 @@ def main() -> None:
     parser.add_argument("--context-threshold", type=float, default=0.15,
                         help="the contextual student's threshold (student.context_threshold)")
     parser.add_argument("--views", type=int, default=8, help="augmented views per tile")
+    parser.add_argument("--dbscan-eps", type=float, nargs="*", default=[],
+                        help="also cluster the pool by DBSCAN on the k-reciprocal Jaccard distance "
+                        "(each eps)")
     args = parser.parse_args()
     labels = recover_tile_labels(args.data, args.max_ratio)
     if args.alphabets:
@@ -297,6 +336,8 @@ def main() -> None:
                 found, _, _ = kmeans(np.asarray(teacher), k, args.iterations, seed=0)
                 print(f"  k-means of the teacher's embeddings, K={k}:",
                       _fmt(cluster_quality(found[rows], labels.classes)))
+        if args.dbscan_eps:
+            print("\n".join(dbscan_audit(run, labels, rows, args)))
         if args.signals:
             print("\n".join(signal_audit(run, labels, rows, pseudo, args)))
         for stage in [run / layout.STUDENT, *args.checkpoint]:
