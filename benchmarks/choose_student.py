@@ -65,6 +65,7 @@ NO_MINER = "student.miner="
 # The choice of the validation study on the disjoint pool (student_choice.md): the configs' default.
 CHOSEN = "contextual_t0.05"
 ROUND_ONE = layout.stages(rounds=1)  # pretrain, teacher, pseudo_labels, student
+TEACHER_STAGES = ROUND_ONE[:-1]  # what every student of a seed shares: its teacher's run
 # name -> (family, overrides), in the order they are trained. Each starts from SLADE as published
 # (PUBLISHED: the student defaults the study began with), so that every run keeps its settings
 # whatever the defaults are now; `contextual` has its k and k2 from the config.
@@ -116,15 +117,15 @@ def train(args, phase: str, seeds: list[int], names: list[str]) -> list[dict]:
         root = roots[seed]
         if args.reuse:  # e.g. a two-round study from the one-round runs: only round 2 is trained
             seed_from(args.reuse / phase / args.pool / f"seed{seed}" / name, root / name,
-                      ROUND_ONE[:3] if until else ROUND_ONE)
+                      ROUND_ONE[: ROUND_ONE.index(until) + 1] if until else ROUND_ONE)
         if name != "slade":
-            seed_from(root / "slade", root / name, ["pretrain", "teacher", "pseudo_labels"])
+            seed_from(root / "slade", root / name, TEACHER_STAGES)
         overrides = [f"seed={seed}", *base, *CANDIDATES[name][1]]
         return slade_run(root / name, args.config, overrides, until, args.threads)
 
     results: dict[int, dict] = {seed: {"seed": seed} for seed in seeds}
     with ThreadPoolExecutor(args.jobs) as executor:
-        teachers = {executor.submit(run, seed, "slade", "pseudo_labels"): seed for seed in seeds}
+        teachers = {executor.submit(run, seed, "slade", TEACHER_STAGES[-1]): seed for seed in seeds}
         students = {}
         for done in as_completed(teachers):
             seed = teachers[done]
@@ -227,8 +228,8 @@ def main() -> None:
         text += ["## Test classes, read once: every labeled class, chosen students only", "",
                  *table(test, final, best), ""]
         chosen = best["overall"]
-        for other in final:
-            if chosen in final and other != chosen:
+        for other in final if chosen in final else []:
+            if other != chosen:
                 for metric in ("recall@1", "map@r"):
                     gap = [r[chosen][metric] - r[other][metric] for r in test]
                     text.append(f"- `{chosen}` − `{other}`, {metric}: {mean_std(gap)}")
