@@ -195,7 +195,9 @@ def main() -> None:
     args.threads = args.threads or max(1, (os.cpu_count() or 1) // args.jobs)
     started = time.perf_counter()
     names = list(args.candidates)
-    text = [f"# Choosing the student on validation: `{args.config}`, pool `{args.pool}`", "",
+    title = "The chosen students on the test classes" if args.phase == "test" else \
+        "Choosing the student on validation"
+    text = [f"# {title}: `{args.config}`, pool `{args.pool}`", "",
             f"Command: `{' '.join([Path(sys.executable).name, *sys.argv])}`  ",
             f"Machine: {platform.machine()}, {os.cpu_count()} CPU cores, {args.jobs} run(s) side by side "
             f"with {args.threads} torch thread(s) each.", ""]
@@ -208,8 +210,8 @@ def main() -> None:
         (args.out / "validation.json").write_text(json.dumps(valid, indent=1))
         complete = all(n in r for r in valid for n in names)
         best = choose(valid, names) if complete else {}  # a choice needs every candidate on every seed
-        # the best naive, SLADE as published (when a candidate) and the best overall
-        final = [n for n in names if n in {best.get("naive"), "slade", best.get("overall")}]
+        # the best naive, SLADE as published (when a candidate) and the best overall; no choice, no test
+        final = [n for n in names if n in {best.get("naive"), "slade", best["overall"]}] if best else []
         text += [f"## Seen while choosing: validation classes ({', '.join(VALIDATION[args.config])}), "
                  f"seeds {', '.join(map(str, args.seeds))}", "",
                  "Every student of a seed starts from the same teacher and pseudo labels; mean ± sample "
