@@ -19,10 +19,11 @@ overall; their test scores are the final table, read once.
 
 Runs are resumable (finished stages are reused), so rerunning after an interruption trains only
 what is missing; ``--phase validation`` stops after the choice, and ``--phase test`` trains only
-the named students on the test classes, the choice already made (``CHOSEN``, on the disjoint pool's
-validation classes; e.g. for the overlap pool). ``--set student.rounds=2`` adds a
-second round to every student and scores the last; with ``--reuse runs/choose`` (the one-round
-study) each run starts from that study's finished round 1, so only round 2 is trained.
+the named students on the test classes, the choice already made (``--chosen``, by default
+``CHOSEN``: the disjoint pool's validation choice; e.g. for the overlap pool).
+``--set student.rounds=2`` adds a second round to every student and scores the last; with
+``--reuse runs/choose`` (the one-round study) each run starts from that study's finished round 1,
+so only round 2 is trained.
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from omniglot_shift import (  # noqa: E402
     METRICS,
     PUBLISHED,
+    STUDY_CLUSTERS,
     add_run_options,
     last_student,
     mean_std,
@@ -66,7 +68,8 @@ NO_MINER = "student.miner="
 # pairs from 0.40 to 0.57 and loses few same-character pairs (pool_purity.md); chosen on validation.
 K600 = "pseudo_labels.clusters=600"
 # The choice of the validation study on the disjoint pool (student_choice.md): the configs' default.
-CHOSEN = "contextual_t0.05"
+# (The overlap pool's test phase ran with the earlier choice: --chosen contextual_t0.05.)
+CHOSEN = "contextual_t0.05_k600"
 ROUND_ONE = layout.stages(rounds=1)  # pretrain, teacher, pseudo_labels, student
 TEACHER_STAGES = ROUND_ONE[:-1]  # what every student of a seed shares: its teacher's run
 # name -> (family, overrides), in the order they are trained. Each starts from SLADE as published
@@ -112,7 +115,7 @@ def train(args, phase: str, seeds: list[int], names: list[str]) -> list[dict]:
     its students (the ``slade`` run itself carried on, and the others started from hard links to its
     stages) are queued, so that no core waits on a seed whose students are running one by one.
     """
-    base = [f"data.pool={args.pool}", "analysis.enabled=false", *args.set]
+    base = [f"data.pool={args.pool}", "analysis.enabled=false", STUDY_CLUSTERS, *args.set]
     if phase == "validation":
         base += VALIDATION[args.config]
     roots = {seed: args.out / phase / args.pool / f"seed{seed}" for seed in seeds}
@@ -193,6 +196,8 @@ def main() -> None:
     parser.add_argument("--phase", choices=["validation", "both", "test"], default="both",
                         help="test: the named students on the test classes alone, the choice made "
                         "elsewhere (e.g. the disjoint pool's validation for the overlap pool)")
+    parser.add_argument("--chosen", default=CHOSEN, choices=list(CANDIDATES),
+                        help="with --phase test: the student chosen elsewhere (default: %(default)s)")
     parser.add_argument("--set", action="append", default=[], help="config override, repeatable")
     parser.add_argument("--reuse", type=Path, help="an earlier --out: start each run from its finished "
                         "round-1 stages (hard links); a stage made with other settings is redone")
@@ -208,8 +213,8 @@ def main() -> None:
             f"Machine: {platform.machine()}, {os.cpu_count()} CPU cores, {args.jobs} run(s) side by side "
             f"with {args.threads} torch thread(s) each.", ""]
     if args.phase == "test":  # the choice was made elsewhere: no validation run is read or trained
-        best, final = {"overall": CHOSEN}, names
-        text += [f"No validation phase: `{CHOSEN}` is the student chosen on the validation classes "
+        best, final = {"overall": args.chosen}, names
+        text += [f"No validation phase: `{args.chosen}` is the student chosen on the validation classes "
                  "with the disjoint pool (`benchmarks/results/student_choice.md`).", ""]
     else:
         valid = train(args, "validation", args.seeds, names)

@@ -66,7 +66,9 @@ def main() -> None:
 
     config = load_config(args.config, ["pretrain.enabled=false", "teacher.steps=0", "analysis.enabled=false",
                                        "student.steps=100000000", "student.mining=confident",  # SLADE's
-                                       "student.miner=multi_similarity", *args.set])
+                                       "student.miner=multi_similarity",
+                                       "pseudo_labels.clusters=300",  # as recorded (the config has 600 now)
+                                       *args.set])
     out = Path(args.out or tempfile.mkdtemp(prefix="soak-"))
     device = resolve_device(config.device)
     data = prepare(build_splits(config.data, config.seed), config.data)
