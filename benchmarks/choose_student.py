@@ -206,6 +206,8 @@ def main() -> None:
     args.threads = args.threads or max(1, (os.cpu_count() or 1) // args.jobs)
     started = time.perf_counter()
     names = list(args.candidates)
+    if args.phase == "test" and args.chosen not in names:
+        parser.error(f"--chosen {args.chosen} is not among --candidates ({', '.join(names)})")
     title = "The chosen students on the test classes" if args.phase == "test" else \
         "Choosing the student on validation"
     text = [f"# {title}: `{args.config}`, pool `{args.pool}`", "",
