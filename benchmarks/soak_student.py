@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import platform
 import re
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -36,6 +37,9 @@ from slade.stages.common import RunContext
 from slade.stages.pseudo_labels import run_pseudo_labels
 from slade.stages.student import StudentStage
 from slade.stages.teacher import run_teacher
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from omniglot_shift import STUDY_CLUSTERS  # noqa: E402  the clusters of the recorded soak
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -66,9 +70,7 @@ def main() -> None:
 
     config = load_config(args.config, ["pretrain.enabled=false", "teacher.steps=0", "analysis.enabled=false",
                                        "student.steps=100000000", "student.mining=confident",  # SLADE's
-                                       "student.miner=multi_similarity",
-                                       "pseudo_labels.clusters=300",  # as recorded (the config has 600 now)
-                                       *args.set])
+                                       "student.miner=multi_similarity", STUDY_CLUSTERS, *args.set])
     out = Path(args.out or tempfile.mkdtemp(prefix="soak-"))
     device = resolve_device(config.device)
     data = prepare(build_splits(config.data, config.seed), config.data)
