@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import copy
 import csv
+import functools
 import io
 import json
 import sys
@@ -38,6 +39,7 @@ import time
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import faiss
 import numpy as np
@@ -203,9 +205,9 @@ def augmented_embeddings(model_file: Path, pixels: np.ndarray, views: int, seed:
 
 def signal_audit(run: Path, labels: TileLabels, rows: np.ndarray, pseudo: np.ndarray, args) -> list[str]:
     """Every pair-confidence signal on the same-cluster pairs of the recovered tiles."""
-    from slade.context.neighbourhood import k_reciprocal_encoding, neighbour_jaccard
+    from slade.context.neighbourhood import neighbour_jaccard
 
-    pool = np.asarray(np.load(run / layout.PSEUDO_LABELS / layout.EMBEDDINGS), dtype=np.float32)
+    pool = pool_embeddings(run)
     i, j = np.triu_indices(len(rows), 1)
     same = pseudo[i] == pseudo[j]
     i, j = i[same], j[same]
@@ -227,13 +229,13 @@ def signal_audit(run: Path, labels: TileLabels, rows: np.ndarray, pseudo: np.nda
                     r = torch.nn.functional.normalize(b(z), dim=1).numpy()
                     signals[f"{name}, {stage.name} after {read_steps(stage)} steps"] = (
                         np.einsum("ij,ij->i", r[i], r[j]), float(basis.mu_pos))
-    started = time.perf_counter()
+    seconds = 0.0
     for k in args.context_k:
-        context = k_reciprocal_encoding(pool, k=k, k2=args.context_k2)
+        context, took = encoding(run, k, args.context_k2)
+        seconds += took / len(args.context_k)
         signals[f"k-reciprocal Jaccard, k={k}, k2={args.context_k2}"] = (context.pairs(pi, pj),
                                                                          args.context_threshold)
         signals[f"{k}-NN Jaccard"] = (neighbour_jaccard(pool, k).pairs(pi, pj), None)
-    seconds = (time.perf_counter() - started) / len(args.context_k)
     together = np.zeros(len(i))
     runs = [(k, seed) for k in (300, 600, 1000) for seed in range(3)]
     for k, seed in runs:  # co-association: the share of k-means runs that put the pair together
@@ -244,8 +246,7 @@ def signal_audit(run: Path, labels: TileLabels, rows: np.ndarray, pseudo: np.nda
     signals[f"teacher cosine, mean of {args.views} augmented views"] = (np.einsum("ij,ij->i", aug[i], aug[j]),
                                                                         None)
     lines = [f"{len(i)} same-cluster pairs among the recovered tiles, {right.mean():.3f} of them one "
-             f"character; k-reciprocal encoding of the {len(pool)}-image pool: {seconds:.1f} s per k "
-             "(with the plain k-NN Jaccard)", "",
+             f"character; k-reciprocal encoding of the {len(pool)}-image pool: {seconds:.1f} s per k", "",
              "| signal | ROC AUC (right vs wrong) | precision at 80% of right pairs kept (threshold) | "
              "student's threshold | precision / recall there |", "|---|---|---|---|---|"]
     for name, (score, threshold) in signals.items():
@@ -256,16 +257,55 @@ def signal_audit(run: Path, labels: TileLabels, rows: np.ndarray, pseudo: np.nda
     return lines
 
 
+def pool_embeddings(run: Path) -> np.ndarray:
+    """The teacher's embeddings of the whole pool (``pseudo_labels/embeddings.npy``)."""
+    return np.asarray(np.load(run / layout.PSEUDO_LABELS / layout.EMBEDDINGS), dtype=np.float32)
+
+
+@functools.lru_cache(maxsize=4)
+def encoding(run: Path, k: int, k2: int) -> tuple[Any, float]:
+    """The pool's k-reciprocal encoding, computed once per run and ``(k, k2)`` for every audit, and
+    the seconds it took."""
+    from slade.context.neighbourhood import k_reciprocal_encoding
+
+    pool = pool_embeddings(run)
+    started = time.perf_counter()
+    return k_reciprocal_encoding(pool, k=k, k2=k2), time.perf_counter() - started
+
+
+def relabel_audit(run: Path, labels: TileLabels, rows: np.ndarray, clusterings: dict[str, np.ndarray],
+                  args) -> list[str]:
+    """Same-cluster pairs of low contextual similarity read as negatives instead of dropped: how many
+    pairs that would be, and how many of them are in truth two characters (the label they would get)."""
+    context, _ = encoding(run, args.context_k[0], args.context_k2)
+    lines = [f"Same-cluster pairs below a contextual similarity (k={args.context_k[0]}, "
+             f"k2={args.context_k2}) as negatives:", "",
+             "| pseudo labels | below | share of same-cluster pairs | two characters among them | "
+             "wrong same-cluster pairs covered | right ones lost |", "|---|---|---|---|---|---|"]
+    for name, pseudo in clusterings.items():
+        i, j = np.triu_indices(len(rows), 1)
+        same = pseudo[i] == pseudo[j]
+        i, j = i[same], j[same]
+        right = labels.classes[i] == labels.classes[j]
+        score = context.pairs(rows[i], rows[j])
+        for below in args.negatives_below:
+            low = score < below
+            wrong = 1.0 - right[low].mean() if low.any() else float("nan")
+            lines.append(f"| {name} | {below:g} | {low.mean():.3f} | {wrong:.3f} | "
+                         f"{low[~right].mean():.3f} | {low[right].mean():.3f} |")
+    return lines
+
+
 def dbscan_audit(run: Path, labels: TileLabels, rows: np.ndarray, args) -> list[str]:
     """The re-identification clustering instead of k-means: DBSCAN on the k-reciprocal Jaccard
     distance (``1 - sim``) of each pool image to its 30 nearest neighbours (Cluster Contrast, SpCL)."""
     import scipy.sparse as sp
     from sklearn.cluster import DBSCAN
 
-    from slade.context.neighbourhood import k_reciprocal_encoding, nearest_neighbours
+    from slade.context.neighbourhood import nearest_neighbours
 
-    pool = np.asarray(np.load(run / layout.PSEUDO_LABELS / layout.EMBEDDINGS), dtype=np.float32)
-    context = k_reciprocal_encoding(pool, k=args.context_k[0], k2=args.context_k2)
+    pool = pool_embeddings(run)
+    context, _ = encoding(run, args.context_k[0], args.context_k2)
     _, neighbours = nearest_neighbours(pool, 31)
     i, j = np.repeat(np.arange(len(pool)), 30), neighbours[:, 1:].ravel()
     distance = np.maximum(1.0 - context.pairs(i, j), 1e-6)  # a stored zero would read as no edge
@@ -316,6 +356,9 @@ def main() -> None:
     parser.add_argument("--dbscan-eps", type=float, nargs="*", default=[],
                         help="also cluster the pool by DBSCAN on the k-reciprocal Jaccard distance "
                         "(each eps)")
+    parser.add_argument("--negatives-below", type=float, nargs="*", default=[],
+                        help="also count the same-cluster pairs below each contextual similarity, as "
+                        "negatives (the run's pseudo labels and each --clusters K)")
     args = parser.parse_args()
     labels = recover_tile_labels(args.data, args.max_ratio)
     if args.alphabets:
@@ -330,12 +373,14 @@ def main() -> None:
         print(f"\n## {run}")
         print(f"pseudo labels ({len(np.unique(list(v[1] for v in table.values())))} clusters):",
               _fmt(cluster_quality(pseudo, labels.classes)))
-        if args.clusters:
-            teacher = np.load(run / layout.PSEUDO_LABELS / layout.EMBEDDINGS, mmap_mode="r")
-            for k in args.clusters:
-                found, _, _ = kmeans(np.asarray(teacher), k, args.iterations, seed=0)
-                print(f"  k-means of the teacher's embeddings, K={k}:",
-                      _fmt(cluster_quality(found[rows], labels.classes)))
+        clusterings = {"the run's": pseudo}
+        for k in args.clusters:
+            found, _, _ = kmeans(pool_embeddings(run), k, args.iterations, seed=0)
+            clusterings[f"K={k}"] = found[rows]
+            print(f"  k-means of the teacher's embeddings, K={k}:",
+                  _fmt(cluster_quality(found[rows], labels.classes)))
+        if args.negatives_below:
+            print("\n".join(relabel_audit(run, labels, rows, clusterings, args)))
         if args.dbscan_eps:
             print("\n".join(dbscan_audit(run, labels, rows, args)))
         if args.signals:

@@ -43,6 +43,8 @@ def test_tuple_setting(tmp_path):
         ("teacher:\n  lr: [1\n", r"exp.yaml:\d+: invalid YAML"),
         ("data:\n  cache: true\n", r"exp.yaml:2: data.cache: expected 'auto'"),
         ("teacher:\n  batch_size: 30\n", r"teacher.batch_size: must be a multiple of teacher.m_per_class"),
+        ("student:\n  context_negative_below: 0.1\n",
+         r"student.context_negative_below: must be in \[0, student.context_threshold \(0.05\)\], is 0.1"),
     ],
 )
 def test_errors_name_file_line_and_key(tmp_path, text, message):

@@ -239,6 +239,9 @@ class StudentConfig(RankingConfig):
     context_k: int = 20
     context_k2: int = 6
     context_threshold: float = 0.05
+    # `contextual`: the same-cluster pairs below this contextual similarity are negatives instead of
+    # being dropped (0: none; at most context_threshold). Not the default: see student_choice.md.
+    context_negative_below: float = 0.0
     # Keep only the basis-kept pairs that `miner` also selects (the hard ones; not in the paper).
     mine_hard: bool = False
     lambda1: float = 1.0
@@ -604,6 +607,9 @@ def validate(config: Config) -> None:
         (config.pseudo_labels.clusters >= 2, "pseudo_labels.clusters: must be at least 2"),
         (config.student.rounds >= 1, "student.rounds: must be at least 1"),
         (0.0 <= config.student.momentum < 1.0, "student.momentum: must be in [0, 1)"),
+        (0.0 <= config.student.context_negative_below <= config.student.context_threshold,
+         "student.context_negative_below: must be in [0, student.context_threshold "
+         f"({config.student.context_threshold})], is {config.student.context_negative_below}"),
         (bool(config.evaluation.recall_at), "evaluation.recall_at: give at least one K"),
         (all(k >= 1 for k in config.evaluation.recall_at), "evaluation.recall_at: K must be >= 1"),
         (config.analysis.points >= 2, "analysis.points: must be at least 2"),

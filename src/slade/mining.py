@@ -31,6 +31,7 @@ class MiningInputs:
     context: ContextualSimilarity | None = None  # the pool's neighbourhoods (``contextual`` only)
     pseudo_labels: np.ndarray | None = None  # of every pool image
     context_threshold: float = 0.0
+    context_negative_below: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -65,7 +66,7 @@ def _contextual(inputs: MiningInputs) -> ContextualPairMiner:
     if inputs.context is None or inputs.pseudo_labels is None:
         raise ConfigError("student.mining=contextual: no contextual similarity of the pool given")
     return ContextualPairMiner(inputs.context, inputs.pseudo_labels, inputs.context_threshold,
-                               then=inputs.miner)
+                               then=inputs.miner, negative_below=inputs.context_negative_below)
 
 
 class IntersectionMiner(BaseMiner):

@@ -89,6 +89,27 @@ def test_miner_keeps_same_label_pairs_with_context_and_other_pairs_without():
     assert np.mean(right) > 0.5
 
 
+def test_miner_can_read_same_label_pairs_without_context_as_negatives():
+    x, labels = blobs(n_classes=6, per_class=10, noise=1.0)
+    context = k_reciprocal_encoding(x, k=8, k2=3)
+    pseudo = labels // 2
+    batch = torch.tensor([0, 1, 2, 10, 11, 12, 20, 21, 30, 31, 45, 46])
+    z = torch.zeros(len(batch), 4)
+    dropped = ContextualPairMiner(context, pseudo, threshold=0.15)(z, batch)
+    relabeled = ContextualPairMiner(context, pseudo, threshold=0.15, negative_below=0.15)(z, batch)
+    sim = context.matrix(batch.numpy()).numpy()
+    pl, truth = pseudo[batch.numpy()], labels[batch.numpy()]
+    fixed = {(a, b) for a in range(12) for b in range(12) if a != b and pl[a] == pl[b] and sim[a, b] < 0.15}
+    assert fixed  # the pseudo label joins two classes: some of its pairs share no context
+    assert set(zip(relabeled[0].tolist(), relabeled[1].tolist(), strict=True)) == \
+        set(zip(dropped[0].tolist(), dropped[1].tolist(), strict=True))
+    negatives = set(zip(relabeled[2].tolist(), relabeled[3].tolist(), strict=True))
+    assert negatives == set(zip(dropped[2].tolist(), dropped[3].tolist(), strict=True)) | fixed
+    assert np.mean([truth[a] != truth[b] for a, b in fixed]) > 0.5  # mostly two classes in truth
+    with pytest.raises(ValueError, match=r"negative_below=0.2: must be in \[0, threshold=0.15\]"):
+        ContextualPairMiner(context, pseudo, threshold=0.15, negative_below=0.2)
+
+
 def test_miner_then_lets_a_pml_miner_choose_among_the_kept_pairs():
     from pytorch_metric_learning.miners import MultiSimilarityMiner
 

@@ -77,7 +77,8 @@ class StudentStage(TrainingStage):
         self.mining = MININGS[config.mining]
         self.trains_basis = self.mining.trains_basis
         self.unlabeled_miner = unlabeled_miner(config.mining, config.mine_hard, MiningInputs(
-            self.basis, self.miner, context, pseudo_labels, config.context_threshold))
+            self.basis, self.miner, context, pseudo_labels, config.context_threshold,
+            config.context_negative_below))
         self.labeled_batches = MPerClassBatches(labeled.labels, config.m_per_class,
                                                 config.batch_size, seed, stream=2)
         self.unlabeled_batches = _pseudo_label_batches(pseudo_labels, config, seed)
