@@ -281,7 +281,8 @@ def relabel_audit(run: Path, labels: TileLabels, rows: np.ndarray, clusterings: 
     lines = [f"Same-cluster pairs below a contextual similarity (k={args.context_k[0]}, "
              f"k2={args.context_k2}) as negatives:", "",
              "| pseudo labels | below | share of same-cluster pairs | two characters among them | "
-             "wrong same-cluster pairs covered | right ones lost |", "|---|---|---|---|---|---|"]
+             "wrong same-cluster pairs covered | right ones turned into negatives |",
+             "|---|---|---|---|---|---|"]
     for name, pseudo in clusterings.items():
         i, j = np.triu_indices(len(rows), 1)
         same = pseudo[i] == pseudo[j]
