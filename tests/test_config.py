@@ -45,6 +45,8 @@ def test_tuple_setting(tmp_path):
         ("teacher:\n  batch_size: 30\n", r"teacher.batch_size: must be a multiple of teacher.m_per_class"),
         ("student:\n  context_negative_below: 0.1\n",
          r"student.context_negative_below: must be in \[0, student.context_threshold \(0.05\)\], is 0.1"),
+        ("student:\n  context_negative_below: 0.05\n  miner: multi_similarity\n",
+         r"student.context_negative_below: needs student.miner empty .*student.miner is 'multi_similarity'"),
     ],
 )
 def test_errors_name_file_line_and_key(tmp_path, text, message):

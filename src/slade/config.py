@@ -610,6 +610,9 @@ def validate(config: Config) -> None:
         (0.0 <= config.student.context_negative_below <= config.student.context_threshold,
          "student.context_negative_below: must be in [0, student.context_threshold "
          f"({config.student.context_threshold})], is {config.student.context_negative_below}"),
+        (not (config.student.context_negative_below and config.student.miner),
+         "student.context_negative_below: needs student.miner empty (a PML miner picks negatives by "
+         f"pseudo label and would drop these; student.miner is {config.student.miner!r})"),
         (bool(config.evaluation.recall_at), "evaluation.recall_at: give at least one K"),
         (all(k >= 1 for k in config.evaluation.recall_at), "evaluation.recall_at: K must be >= 1"),
         (config.analysis.points >= 2, "analysis.points: must be at least 2"),

@@ -31,7 +31,7 @@ class ContextualPairMiner(BaseMiner):
         pseudo_labels: the pseudo label of every pool image.
         threshold: positives need ``sim >= threshold``; negatives need ``sim < threshold``.
         negative_below: same-label pairs with ``sim < negative_below`` are negatives (0: none, they
-            are dropped); at most ``threshold``.
+            are dropped); at most ``threshold``. A ``then`` miner that picks by label drops them.
         then: a PML miner that then chooses among the kept pairs (called with the pseudo labels).
     """
 
