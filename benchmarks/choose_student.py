@@ -67,9 +67,9 @@ NO_MINER = "student.miner="
 # Twice the default clusters: on the overlap pool, K = 600 raises the share of right same-cluster
 # pairs from 0.40 to 0.57 and loses few same-character pairs (pool_purity.md); chosen on validation.
 K600 = "pseudo_labels.clusters=600"
-# The pairs the contextual filter drops, read as negatives: in a cluster, the pairs below 0.05 are 77-92%
-# two characters on the overlap pool's tiles of the labeled training alphabets at K = 300 and 600
-# (84-92% and 77-86%; pool_purity.md, --negatives-below). Judged on validation: not chosen.
+# The pairs the contextual filter drops, read as negatives: in a cluster, the pairs below 0.05 are
+# 84-92% (K = 300) and 77-86% (K = 600) two characters on the overlap pool's tiles of the labeled
+# training alphabets (pool_purity.md, --negatives-below). Judged on validation: not chosen.
 RELABEL = ["student.context_threshold=0.05", "student.context_negative_below=0.05"]
 # The choice of the validation study on the disjoint pool (student_choice.md): the configs' default.
 # (The overlap pool's test phase ran with the earlier choice: --chosen contextual_t0.05.)

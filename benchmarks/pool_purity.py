@@ -39,7 +39,6 @@ import time
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import faiss
 import numpy as np
@@ -49,6 +48,12 @@ from sklearn.metrics import normalized_mutual_info_score, roc_auc_score
 
 from slade import run_layout as layout
 from slade.basis.feature_basis import load_basis
+from slade.context.neighbourhood import (
+    ContextualSimilarity,
+    k_reciprocal_encoding,
+    nearest_neighbours,
+    neighbour_jaccard,
+)
 from slade.data.tiles import _load_sheet
 from slade.data.transforms import eval_transform
 from slade.inference import load_embedding_net
@@ -205,13 +210,8 @@ def augmented_embeddings(model_file: Path, pixels: np.ndarray, views: int, seed:
 
 def signal_audit(run: Path, labels: TileLabels, rows: np.ndarray, pseudo: np.ndarray, args) -> list[str]:
     """Every pair-confidence signal on the same-cluster pairs of the recovered tiles."""
-    from slade.context.neighbourhood import neighbour_jaccard
-
     pool = pool_embeddings(run)
-    i, j = np.triu_indices(len(rows), 1)
-    same = pseudo[i] == pseudo[j]
-    i, j = i[same], j[same]
-    right = labels.classes[i] == labels.classes[j]
+    i, j, right = same_cluster_pairs(pseudo, labels.classes)
     pi, pj = rows[i], rows[j]  # pool rows of the pairs
     signals: dict[str, tuple[np.ndarray, float | None]] = {}
     signals["teacher cosine"] = (np.einsum("ij,ij->i", pool[pi], pool[pj]), None)
@@ -257,17 +257,23 @@ def signal_audit(run: Path, labels: TileLabels, rows: np.ndarray, pseudo: np.nda
     return lines
 
 
+def same_cluster_pairs(pseudo: np.ndarray, truth: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The recovered tiles' same-cluster pairs ``(i, j)``, ``i < j``, and whether each is one character."""
+    i, j = np.triu_indices(len(pseudo), 1)
+    same = pseudo[i] == pseudo[j]
+    i, j = i[same], j[same]
+    return i, j, truth[i] == truth[j]
+
+
 def pool_embeddings(run: Path) -> np.ndarray:
     """The teacher's embeddings of the whole pool (``pseudo_labels/embeddings.npy``)."""
     return np.asarray(np.load(run / layout.PSEUDO_LABELS / layout.EMBEDDINGS), dtype=np.float32)
 
 
 @functools.lru_cache(maxsize=4)
-def encoding(run: Path, k: int, k2: int) -> tuple[Any, float]:
+def encoding(run: Path, k: int, k2: int) -> tuple[ContextualSimilarity, float]:
     """The pool's k-reciprocal encoding, computed once per run and ``(k, k2)`` for every audit, and
     the seconds it took."""
-    from slade.context.neighbourhood import k_reciprocal_encoding
-
     pool = pool_embeddings(run)
     started = time.perf_counter()
     return k_reciprocal_encoding(pool, k=k, k2=k2), time.perf_counter() - started
@@ -284,10 +290,7 @@ def relabel_audit(run: Path, labels: TileLabels, rows: np.ndarray, clusterings: 
              "wrong same-cluster pairs covered | right ones turned into negatives |",
              "|---|---|---|---|---|---|"]
     for name, pseudo in clusterings.items():
-        i, j = np.triu_indices(len(rows), 1)
-        same = pseudo[i] == pseudo[j]
-        i, j = i[same], j[same]
-        right = labels.classes[i] == labels.classes[j]
+        i, j, right = same_cluster_pairs(pseudo, labels.classes)
         score = context.pairs(rows[i], rows[j])
         for below in args.negatives_below:
             low = score < below
@@ -302,8 +305,6 @@ def dbscan_audit(run: Path, labels: TileLabels, rows: np.ndarray, args) -> list[
     distance (``1 - sim``) of each pool image to its 30 nearest neighbours (Cluster Contrast, SpCL)."""
     import scipy.sparse as sp
     from sklearn.cluster import DBSCAN
-
-    from slade.context.neighbourhood import nearest_neighbours
 
     pool = pool_embeddings(run)
     context, _ = encoding(run, args.context_k[0], args.context_k2)
@@ -375,8 +376,9 @@ def main() -> None:
         print(f"pseudo labels ({len(np.unique(list(v[1] for v in table.values())))} clusters):",
               _fmt(cluster_quality(pseudo, labels.classes)))
         clusterings = {"the run's": pseudo}
+        teacher = pool_embeddings(run) if args.clusters else None
         for k in args.clusters:
-            found, _, _ = kmeans(pool_embeddings(run), k, args.iterations, seed=0)
+            found, _, _ = kmeans(teacher, k, args.iterations, seed=0)
             clusterings[f"K={k}"] = found[rows]
             print(f"  k-means of the teacher's embeddings, K={k}:",
                   _fmt(cluster_quality(found[rows], labels.classes)))
