@@ -71,6 +71,7 @@ K600 = "pseudo_labels.clusters=600"
 # 84-92% (K = 300) and 77-86% (K = 600) two characters on the overlap pool's tiles of the labeled
 # training alphabets (pool_purity.md, --negatives-below). Judged on validation: not chosen.
 RELABEL = ["student.context_threshold=0.05", "student.context_negative_below=0.05"]
+DBSCAN = "pseudo_labels.method=dbscan"
 # The choice of the validation study on the disjoint pool (student_choice.md): the configs' default.
 # (The overlap pool's test phase ran with the earlier choice: --chosen contextual_t0.05.)
 CHOSEN = "contextual_t0.05_k600"
@@ -98,6 +99,11 @@ CANDIDATES = {name: (family, PUBLISHED + overrides) for name, (family, overrides
     # Labels fixed rather than pairs dropped: every same-cluster pair below the threshold is a negative.
     "contextual_relabel": ("contextual", ["student.mining=contextual", NO_MINER, *RELABEL]),
     "contextual_relabel_k600": ("contextual", ["student.mining=contextual", NO_MINER, *RELABEL, K600]),
+    # Re-identification's pseudo labels: DBSCAN on the k-reciprocal Jaccard distance, at the library's
+    # defaults (Cluster Contrast's Market-1501 settings, not tuned here); its outliers are not trained on.
+    "naive_dbscan": ("naive", ["student.mining=all_pairs", NO_MINER, DBSCAN]),
+    "contextual_t0.05_dbscan": ("contextual", ["student.mining=contextual", NO_MINER,
+                                               "student.context_threshold=0.05", DBSCAN]),
 }.items()}
 
 

@@ -50,8 +50,8 @@ from slade import run_layout as layout
 from slade.basis.feature_basis import load_basis
 from slade.context.neighbourhood import (
     ContextualSimilarity,
+    jaccard_distance_graph,
     k_reciprocal_encoding,
-    nearest_neighbours,
     neighbour_jaccard,
 )
 from slade.data.tiles import _load_sheet
@@ -303,16 +303,10 @@ def relabel_audit(run: Path, labels: TileLabels, rows: np.ndarray, clusterings: 
 def dbscan_audit(run: Path, labels: TileLabels, rows: np.ndarray, args) -> list[str]:
     """The re-identification clustering instead of k-means: DBSCAN on the k-reciprocal Jaccard
     distance (``1 - sim``) of each pool image to its 30 nearest neighbours (Cluster Contrast, SpCL)."""
-    import scipy.sparse as sp
     from sklearn.cluster import DBSCAN
 
-    pool = pool_embeddings(run)
     context, _ = encoding(run, args.context_k[0], args.context_k2)
-    _, neighbours = nearest_neighbours(pool, 31)
-    i, j = np.repeat(np.arange(len(pool)), 30), neighbours[:, 1:].ravel()
-    distance = np.maximum(1.0 - context.pairs(i, j), 1e-6)  # a stored zero would read as no edge
-    graph = sp.csr_matrix((distance, (i, j)), shape=(len(pool), len(pool)))
-    graph = graph.maximum(graph.T).tocsr()
+    graph = jaccard_distance_graph(pool_embeddings(run), 30, context)
     lines = [f"DBSCAN on the k-reciprocal Jaccard distance (k={args.context_k[0]}, k2={args.context_k2}), "
              "min_samples 4; pair precision over the tiles it clusters, recall over all (an outlier "
              "is a cluster of its own):", "",

@@ -47,6 +47,12 @@ def test_tuple_setting(tmp_path):
          r"student.context_negative_below: must be in \[0, student.context_threshold \(0.05\)\], is 0.1"),
         ("student:\n  context_negative_below: 0.05\n  miner: multi_similarity\n",
          r"student.context_negative_below: needs student.miner empty .*student.miner is 'multi_similarity'"),
+        ("pseudo_labels:\n  method: optics\n",
+         r"exp.yaml:2: pseudo_labels.method: expected 'kmeans' \| 'dbscan'"),
+        ("pseudo_labels:\n  eps: 1.5\n",
+         r"pseudo_labels.eps: a Jaccard distance, must be in \(0, 1\), is 1.5"),
+        ("pseudo_labels:\n  neighbours: 3\n",
+         r"pseudo_labels.neighbours: must be at least pseudo_labels.min_samples \(4\), is 3"),
     ],
 )
 def test_errors_name_file_line_and_key(tmp_path, text, message):

@@ -282,3 +282,24 @@ def test_a_run_made_before_the_basis_file_is_reused_and_can_be_finished_again(fi
     assert load_basis(student / layout.BASIS).weight.shape == (12, 16)
     log = [json.loads(x) for x in (student / layout.LOG).read_text().splitlines()]
     assert [e["step"] for e in log if "loss" in e] == [1, 2, 3, 4, 5, 6]  # no step trained again
+
+
+def test_dbscan_pseudo_labels_redo_stage_2_and_the_student_trains_on_clustered_images(finished_run, tmp_path):
+    import shutil
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(finished_run, run_dir)
+    teacher = (run_dir / layout.TEACHER / layout.MODEL).read_bytes()
+    dbscan = ["pseudo_labels.method=dbscan", "pseudo_labels.eps=0.5", "pseudo_labels.neighbours=10",
+              "pseudo_labels.context_k=10", "pseudo_labels.context_k2=3"]
+    metrics = run(load_config(run_dir / layout.CONFIG, dbscan), run_dir, force=True)
+    assert (run_dir / layout.TEACHER / layout.MODEL).read_bytes() == teacher  # stages 0-1 reused
+    stats = json.loads((run_dir / layout.PSEUDO_LABELS / layout.CLUSTERS).read_text())
+    assert stats == metrics["student"]["pseudo_labels"]
+    labels = np.loadtxt(run_dir / layout.PSEUDO_LABELS / layout.TABLE, delimiter=",", skiprows=1,
+                        usecols=2, dtype=np.int64)
+    assert stats["clusters"] == labels.max() + 1 and stats["outliers"] == (labels < 0).sum()
+    assert stats["images"] + stats["outliers"] == 160 and stats["outliers"] > 0  # some left out
+    assert METRIC_KEYS <= metrics["student"].keys()
+    log = [json.loads(x) for x in (run_dir / layout.STUDENT / layout.LOG).read_text().splitlines()]
+    assert [e for e in log if "loss" in e][-1]["pos_pairs"] > 0

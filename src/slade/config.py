@@ -185,11 +185,24 @@ class TeacherConfig(RankingConfig):
 
 @dataclass
 class PseudoLabelConfig:
-    """Stage 2: k-means of the teacher's embeddings of the unlabeled pool."""
+    """Stage 2: clusters of the teacher's embeddings of the unlabeled pool."""
 
+    # `kmeans` (the paper's): `clusters` spherical k-means clusters of the whole pool. `dbscan`
+    # (not in SLADE; domain-adaptive re-identification's: Cluster Contrast, SpCL): DBSCAN on the
+    # k-reciprocal Jaccard distance, which finds its own number of clusters and leaves the images in
+    # no dense neighbourhood out (pseudo label -1, never sampled).
+    method: Literal["kmeans", "dbscan"] = "kmeans"
     clusters: int = 300
     iterations: int = 25
     redo: int = 1
+    # `dbscan`: the largest Jaccard distance of two neighbours (in (0, 1)), the neighbours a core
+    # image needs, the nearest neighbours each image's distances are kept to, and the k-reciprocal
+    # sets' k and k2 (context/neighbourhood.py). Cluster Contrast's Market-1501 settings.
+    eps: float = 0.6
+    min_samples: int = 4
+    neighbours: int = 30
+    context_k: int = 30
+    context_k2: int = 6
 
 
 @dataclass
@@ -605,6 +618,12 @@ def validate(config: Config) -> None:
          "model.weights: set either model.weights or model.pretrained, not both "
          "(model.pretrained: false to start from the file)"),
         (config.pseudo_labels.clusters >= 2, "pseudo_labels.clusters: must be at least 2"),
+        (0.0 < config.pseudo_labels.eps < 1.0,
+         f"pseudo_labels.eps: a Jaccard distance, must be in (0, 1), is {config.pseudo_labels.eps}"),
+        (config.pseudo_labels.min_samples >= 2, "pseudo_labels.min_samples: must be at least 2"),
+        (config.pseudo_labels.neighbours >= config.pseudo_labels.min_samples,
+         f"pseudo_labels.neighbours: must be at least pseudo_labels.min_samples "
+         f"({config.pseudo_labels.min_samples}), is {config.pseudo_labels.neighbours}"),
         (config.student.rounds >= 1, "student.rounds: must be at least 1"),
         (0.0 <= config.student.momentum < 1.0, "student.momentum: must be in [0, 1)"),
         (0.0 <= config.student.context_negative_below <= config.student.context_threshold,

@@ -70,3 +70,9 @@ def test_cluster_sizes():
     assert fig.axes[0].get_title() == "pseudo_labels: 5 clusters, median size 1, 3 empty or singleton"
     heights = [p.get_height() for p in fig.axes[0].patches]
     assert heights == [1, 2, 1, 1]  # sizes 0, 1, 2, 3
+
+
+def test_cluster_sizes_count_the_images_without_pseudo_label_apart():
+    fig = cluster_size_figure(np.array([-1, 0, 0, 1, 1, 1, -1]), "pseudo_labels")  # DBSCAN's outliers
+    assert fig.axes[0].get_title() == ("pseudo_labels: 2 clusters, median size 2.5, 0 empty or singleton, "
+                                       "2 images unclustered")

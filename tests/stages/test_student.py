@@ -148,3 +148,13 @@ def test_random_unlabeled_batches_ignore_the_pseudo_labels():
     assert all(sorted(c[c > 0]) == [4] * 8 for c in counts)  # 8 pseudo labels, 4 images each
     drawn = [random.unlabeled_batches(b).indices for b in range(2)]  # one epoch of 64 = 2 batches
     assert sorted(np.concatenate(drawn).tolist()) == list(range(64))
+
+
+def test_unlabeled_batches_never_draw_an_image_without_pseudo_label_or_a_cluster_of_one():
+    from slade.stages.student import _pseudo_label_batches
+
+    config = load_config(None, SMALL + ["student.unlabeled_batch_size=8", "student.unlabeled_m_per_class=2"])
+    labels = np.array([-1, 0, 0, 1, 1, 2, -1, 2, 3, 3, 4, 4, 5, -1])  # 5: a cluster of one
+    batches = _pseudo_label_batches(labels, config.student, seed=0)
+    drawn = np.concatenate([batches(b).indices for b in range(50)])
+    assert set(drawn.tolist()) == set(np.flatnonzero((labels >= 0) & (labels != 5)).tolist())

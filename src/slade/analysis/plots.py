@@ -108,8 +108,10 @@ def basis_similarity_figure(similarity: np.ndarray, pseudo_labels: np.ndarray, m
 
 
 def cluster_size_figure(pseudo_labels: np.ndarray, title: str) -> Figure:
-    """Number of clusters per cluster size (log-spaced bins when sizes span a wide range)."""
-    sizes = np.bincount(pseudo_labels)
+    """Number of clusters per cluster size (log-spaced bins when sizes span a wide range); the images
+    with no pseudo label (-1: DBSCAN's outliers, unreadable images) are counted in the title."""
+    unlabeled = int((pseudo_labels < 0).sum())
+    sizes = np.bincount(pseudo_labels[pseudo_labels >= 0])
     fig = Figure(figsize=(6.0, 3.4))
     ax = fig.subplots()
     top = int(sizes.max())
@@ -121,6 +123,7 @@ def cluster_size_figure(pseudo_labels: np.ndarray, title: str) -> Figure:
     ax.set_xlabel("cluster size (images)")
     ax.set_ylabel("clusters")
     ax.set_title(f"{title}: {len(sizes)} clusters, median size {np.median(sizes):g}, "
-                 f"{int((sizes <= 1).sum())} empty or singleton", fontsize=10)
+                 f"{int((sizes <= 1).sum())} empty or singleton"
+                 + (f", {unlabeled} images unclustered" if unlabeled else ""), fontsize=10)
     fig.tight_layout()
     return fig

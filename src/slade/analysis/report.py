@@ -141,7 +141,7 @@ def cluster_table(stats: dict[str, dict]) -> str:
     """``clusters.json`` of each pseudo-label round as a table."""
     if not stats:
         return ""
-    keys = [k for k in ("clusters", "images", "size_min", "size_median", "size_max", "empty",
+    keys = [k for k in ("clusters", "outliers", "images", "size_min", "size_median", "size_max", "empty",
                         "singletons", "purity", "nmi") if any(k in s for s in stats.values())]
     rows = [[name, *(_number(s.get(k)) for k in keys)] for name, s in stats.items()]
     return "<h3>Pseudo-label clusters</h3>" + table(["pseudo labels", *keys], rows)

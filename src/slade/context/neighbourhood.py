@@ -116,3 +116,18 @@ def neighbour_jaccard(embeddings: np.ndarray, k: int = 20) -> ContextualSimilari
         raise ConfigError(f"student.context_k={k}: a neighbourhood larger than the pool ({n} images)")
     _, neighbours = nearest_neighbours(embeddings, k)
     return ContextualSimilarity(_membership(neighbours, n) / k)
+
+
+def jaccard_distance_graph(embeddings: np.ndarray, neighbours: int, similarity: ContextualSimilarity,
+                           key: str = "pseudo_labels.neighbours") -> sp.csr_matrix:
+    """The k-reciprocal Jaccard distance ``1 - sim`` of each row to its ``neighbours`` nearest rows,
+    as a symmetric sparse matrix (the other pairs absent: farther than any ``eps``), for DBSCAN."""
+    n = len(embeddings)
+    if neighbours >= n:
+        raise ConfigError(f"{key}={neighbours}: a neighbourhood larger than the pool ({n} images); "
+                          f"it must be below {n}")
+    _, nearest = nearest_neighbours(embeddings, neighbours + 1)
+    i, j = np.repeat(np.arange(n), neighbours), nearest[:, 1:].ravel()
+    distance = np.maximum(1.0 - similarity.pairs(i, j), 1e-6)  # a stored zero would read as no edge
+    graph = sp.csr_matrix((distance, (i, j)), shape=(n, n))
+    return graph.maximum(graph.T).tocsr()

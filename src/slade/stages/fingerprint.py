@@ -11,12 +11,17 @@ import json
 from dataclasses import asdict
 from typing import Any
 
-from slade.dicts import differing_keys
+from slade.dicts import differing_keys, flatten
 
 # Settings that do not change what a stage computes (`rounds` adds stages after it; `compile` only
 # how fast it runs): a checkpoint or a finished stage made with other values of these is still used.
 BOOKKEEPING = ("eval_every", "checkpoint_every", "log_every", "num_workers", "nonfinite", "max_rollbacks",
                "rounds", "compile")
+
+# Settings added to the code after runs were made with it, each with the value the code acted on
+# before it existed: a fingerprint written before then reads as holding that value, so that a stage
+# made before a setting existed is redone when the setting is now set to something else.
+ADDED = {"pseudo_labels.method": "kmeans", "student.context_negative_below": 0.0}
 
 
 def config_fingerprint(config: Any) -> dict[str, Any]:
@@ -28,6 +33,10 @@ def fingerprint_differences(saved: dict[str, Any], current: dict[str, Any]) -> l
     """Dotted keys whose values differ between two fingerprints.
 
     Only keys present in both count, so that a setting added to (or removed from) the code since the
-    fingerprint was written does not make every existing run stale.
+    fingerprint was written does not make every existing run stale; but a setting in ``ADDED`` that
+    the saved fingerprint lacks counts as holding its value of before.
     """
-    return differing_keys(saved, current, shared_only=True)
+    saved = flatten(saved)
+    saved |= {key: value for key, value in ADDED.items()
+              if key not in saved and any(k.startswith(key.rsplit(".", 1)[0] + ".") for k in saved)}
+    return differing_keys(saved, flatten(current), shared_only=True)

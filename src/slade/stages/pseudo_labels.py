@@ -1,9 +1,11 @@
-"""Stage 2: pseudo labels — the teacher embeds the unlabeled pool, faiss k-means clusters it.
+"""Stage 2: pseudo labels — the teacher embeds the unlabeled pool, faiss k-means clusters it
+(``pseudo_labels.method: dbscan``: DBSCAN on the k-reciprocal Jaccard distance instead).
 
 Round 1 pseudo-labels with the teacher, round r > 1 with the student of round r - 1. Writes to the
 round's folder (``pseudo_labels``, ``pseudo_labels_round2``...): ``embeddings.npy`` (the teacher's
-embeddings of the pool), ``pseudo_labels.csv`` (index, source, pseudo label, distance to the centroid) and
-``clusters.json`` (cluster-size statistics; purity and NMI where the pool has hidden labels), and
+embeddings of the pool), ``pseudo_labels.csv`` (index, source, pseudo label, distance to the
+centroid; -1 and no distance for DBSCAN's outliers) and ``clusters.json`` (cluster-size statistics;
+purity and NMI where the pool has hidden labels), and
 ``done.json`` last (see ``stages/common.py``).
 """
 
@@ -18,9 +20,12 @@ from pathlib import Path
 
 import faiss
 import numpy as np
+from sklearn.cluster import DBSCAN
 from sklearn.metrics import normalized_mutual_info_score
 
 from slade import run_layout as layout
+from slade.config import PseudoLabelConfig
+from slade.context.neighbourhood import jaccard_distance_graph, k_reciprocal_encoding
 from slade.engine import distributed
 from slade.errors import DataError
 from slade.io import atomic_write, read_json, reserve, write_json, write_text
@@ -75,11 +80,41 @@ def kmeans(embeddings: np.ndarray, k: int, iterations: int, seed: int, redo: int
     return labels[:, 0].astype(np.int64), distances, km.centroids
 
 
+def dbscan(embeddings: np.ndarray, cfg: PseudoLabelConfig) -> tuple[np.ndarray, np.ndarray, int]:
+    """DBSCAN on the k-reciprocal Jaccard distance (Cluster Contrast, SpCL):
+    ``(labels, squared distances to the cluster's mean direction, clusters)``; outliers get -1 and NaN.
+
+    Raises:
+        DataError: when no cluster is found (every image an outlier at ``pseudo_labels.eps``).
+    """
+    x = np.ascontiguousarray(embeddings, dtype=np.float32)
+    context = k_reciprocal_encoding(x, cfg.context_k, cfg.context_k2, key="pseudo_labels.context_k")
+    graph = jaccard_distance_graph(x, cfg.neighbours, context)
+    labels = DBSCAN(eps=cfg.eps, min_samples=cfg.min_samples, metric="precomputed").fit_predict(graph)
+    k = int(labels.max()) + 1
+    if k == 0:
+        raise DataError(f"pseudo_labels.eps={cfg.eps}: DBSCAN found no cluster in the {len(x)} pool "
+                        "images (every one an outlier): raise pseudo_labels.eps or lower "
+                        "pseudo_labels.min_samples")
+    inside = labels >= 0
+    centroids = np.zeros((k, x.shape[1]), dtype=np.float32)
+    np.add.at(centroids, labels[inside], x[inside])
+    centroids /= np.maximum(np.linalg.norm(centroids, axis=1, keepdims=True), 1e-12)
+    distances = np.full(len(x), np.nan, dtype=np.float32)
+    distances[inside] = np.maximum(2.0 - 2.0 * np.einsum("ij,ij->i", x[inside], centroids[labels[inside]]), 0)
+    return labels.astype(np.int64), distances, k
+
+
 def cluster_statistics(labels: np.ndarray, k: int, hidden: np.ndarray | None) -> dict:
-    """Cluster sizes, and purity / NMI against hidden labels where the pool has them."""
+    """Cluster sizes, and purity / NMI against hidden labels where the pool has them; the outliers
+    (-1, DBSCAN's) are counted and left out of the rest."""
+    outliers = labels < 0
+    labels = labels[~outliers]
+    hidden = hidden[~outliers] if hidden is not None else None
     sizes = np.bincount(labels, minlength=k)
     stats = {
         "clusters": k,
+        "outliers": int(outliers.sum()),
         "images": int(len(labels)),
         "size_min": int(sizes.min()),
         "size_median": float(np.median(sizes)),
@@ -142,13 +177,18 @@ def _make_pseudo_labels(ctx: RunContext, teacher: str, out: Path, fingerprint: d
     atomic_write(out / layout.EMBEDDINGS, write_embeddings)
     embeddings = np.load(out / layout.EMBEDDINGS, mmap_mode="r")
     good = np.setdiff1d(np.arange(len(pool)), pool.unreadable())
-    found, found_distances, _ = kmeans(embeddings[good], cfg.clusters, cfg.iterations, ctx.config.seed,
-                                       cfg.redo, gpu=ctx.device.type == "cuda" and faiss.get_num_gpus() > 0)
+    if cfg.method == "dbscan":
+        found, found_distances, k = dbscan(embeddings[good], cfg)
+    else:
+        gpu = ctx.device.type == "cuda" and faiss.get_num_gpus() > 0
+        found, found_distances, _ = kmeans(embeddings[good], cfg.clusters, cfg.iterations, ctx.config.seed,
+                                           cfg.redo, gpu=gpu)
+        k = cfg.clusters
     labels = np.full(len(pool), -1, dtype=np.int64)
     distances = np.full(len(pool), np.nan, dtype=np.float32)
     labels[good], distances[good] = found, found_distances
     hidden = pool.labels[good] if pool.image_set.has_labels else None
-    stats = cluster_statistics(found, cfg.clusters, hidden) | {"teacher": teacher,
+    stats = cluster_statistics(found, k, hidden) | {"teacher": teacher,
                                                                "unreadable": len(pool) - len(good)}
     PseudoLabels(labels, distances, pool.image_set.sources).write(out / layout.TABLE)
     write_json(out / layout.CLUSTERS, stats)

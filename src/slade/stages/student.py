@@ -199,7 +199,7 @@ def _pseudo_label_batches(pseudo_labels: np.ndarray, config: StudentConfig, seed
         raise DataError(
             f"only {len(np.unique(pseudo_labels[usable]))} pseudo-label clusters have 2 or more "
             f"images; an unlabeled batch needs {needed}: lower student.unlabeled_batch_size or "
-            "raise pseudo_labels.clusters"
+            "raise pseudo_labels.clusters (pseudo_labels.method dbscan: change pseudo_labels.eps)"
         )
     return _Subset(MPerClassBatches(pseudo_labels[usable], config.unlabeled_m_per_class,
                                     config.unlabeled_batch_size, seed, stream=3), usable)
