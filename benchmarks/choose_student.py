@@ -20,7 +20,7 @@ overall; their test scores are the final table, read once.
 Runs are resumable (finished stages are reused), so rerunning after an interruption trains only
 what is missing; ``--phase validation`` stops after the choice, and ``--phase test`` trains only
 the named students on the test classes, the choice already made (``--chosen``, by default
-``CHOSEN``: the disjoint pool's validation choice; e.g. for the overlap pool).
+``CHOSEN``: the preset's validation choice on the disjoint pool; e.g. for the overlap pool).
 ``--set student.rounds=2`` adds a second round to every student and scores the last; with
 ``--reuse runs/choose`` (the one-round study) each run starts from that study's finished round 1,
 so only round 2 is trained.
@@ -72,9 +72,10 @@ K600 = "pseudo_labels.clusters=600"
 # training alphabets (pool_purity.md, --negatives-below). Judged on validation: not chosen.
 RELABEL = ["student.context_threshold=0.05", "student.context_negative_below=0.05"]
 DBSCAN = "pseudo_labels.method=dbscan"
-# The choice of the validation study on the disjoint pool (student_choice.md): the configs' default.
+# Each preset's validation choice on the disjoint pool (student_choice.md): the configs' defaults.
 # (The overlap pool's test phase ran with the earlier choice: --chosen contextual_t0.05.)
-CHOSEN = "contextual_t0.05_k600"
+CHOSEN = {"configs/omniglot_shift.yaml": "contextual_t0.05_k600",
+          "configs/omniglot_shift_few.yaml": "dbscan_k20_eps0.5"}
 ROUND_ONE = layout.stages(rounds=1)  # pretrain, teacher, pseudo_labels, student
 TEACHER_STAGES = ROUND_ONE[:-1]  # what every student of a seed shares: its teacher's run
 # name -> (family, overrides), in the order they are trained. Each starts from SLADE as published
@@ -134,7 +135,7 @@ def train(args, phase: str, seeds: list[int], names: list[str]) -> list[dict]:
     its students (the ``slade`` run itself carried on, and the others started from hard links to its
     stages) are queued, so that no core waits on a seed whose students are running one by one.
     """
-    base = [f"data.pool={args.pool}", "analysis.enabled=false", STUDY_CLUSTERS, *args.set]
+    base = [f"data.pool={args.pool}", "analysis.enabled=false", *STUDY_CLUSTERS, *args.set]
     if phase == "validation":
         base += VALIDATION[args.config]
     roots = {seed: args.out / phase / args.pool / f"seed{seed}" for seed in seeds}
@@ -215,14 +216,16 @@ def main() -> None:
     parser.add_argument("--phase", choices=["validation", "both", "test"], default="both",
                         help="test: the named students on the test classes alone, the choice made "
                         "elsewhere (e.g. the disjoint pool's validation for the overlap pool)")
-    parser.add_argument("--chosen", default=CHOSEN, choices=list(CANDIDATES),
-                        help="with --phase test: the student chosen elsewhere (default: %(default)s)")
+    parser.add_argument("--chosen", choices=list(CANDIDATES),
+                        help="with --phase test: the student chosen elsewhere (default: the preset's "
+                        f"validation choice, {', '.join(f'{k}: {v}' for k, v in CHOSEN.items())})")
     parser.add_argument("--set", action="append", default=[], help="config override, repeatable")
     parser.add_argument("--reuse", type=Path, help="an earlier --out: start each run from its finished "
                         "round-1 stages (hard links); a stage made with other settings is redone")
     add_run_options(parser, Path("runs/choose"))  # --report-only: each candidate over the seeds it has
     args = parser.parse_args()
     args.threads = args.threads or max(1, (os.cpu_count() or 1) // args.jobs)
+    args.chosen = args.chosen or CHOSEN[args.config]
     started = time.perf_counter()
     names = list(args.candidates)
     if args.phase == "test" and args.chosen not in names:

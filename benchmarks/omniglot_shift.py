@@ -95,13 +95,14 @@ def student_diagnostics(run: Path, stage: str = "student") -> dict:
 # SLADE as published (the student default before the contextual student was chosen on validation):
 # the `slade` run of every benchmark pins it, so its runs and their fingerprints are unchanged.
 PUBLISHED = ["student.mining=confident", "student.miner=multi_similarity", "student.context_threshold=0.15"]
-# The clusters every recorded omniglot-shift study ran with (the config's default before K = 600 was
-# chosen on validation): put before the user's --set, so that `--set pseudo_labels.clusters=K` wins.
-STUDY_CLUSTERS = "pseudo_labels.clusters=300"
+# The pseudo labels every recorded omniglot-shift study ran with (the configs' default before K = 600
+# and, on the few-labels preset, DBSCAN were chosen on validation): put before the user's --set, so
+# that `--set pseudo_labels.clusters=K` wins.
+STUDY_CLUSTERS = ["pseudo_labels.method=kmeans", "pseudo_labels.clusters=300"]
 
 
 def one_seed(args, pool: str, seed: int, shared_teacher: Path | None) -> dict:
-    base = [f"seed={seed}", f"data.pool={pool}", STUDY_CLUSTERS, *args.set]
+    base = [f"seed={seed}", f"data.pool={pool}", *STUDY_CLUSTERS, *args.set]
     root = args.out / pool / f"seed{seed}"
     slade_dir, naive_dir = root / "slade", root / "naive"
     result: dict = {"pool": pool, "seed": seed}

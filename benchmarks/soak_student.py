@@ -70,7 +70,7 @@ def main() -> None:
 
     config = load_config(args.config, ["pretrain.enabled=false", "teacher.steps=0", "analysis.enabled=false",
                                        "student.steps=100000000", "student.mining=confident",  # SLADE's
-                                       "student.miner=multi_similarity", STUDY_CLUSTERS, *args.set])
+                                       "student.miner=multi_similarity", *STUDY_CLUSTERS, *args.set])
     out = Path(args.out or tempfile.mkdtemp(prefix="soak-"))
     device = resolve_device(config.device)
     data = prepare(build_splits(config.data, config.seed), config.data)
