@@ -45,7 +45,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from omniglot_shift import (  # noqa: E402
     METRICS,
     PUBLISHED,
-    STUDY_CLUSTERS,
+    STUDY_PSEUDO_LABELS,
     add_run_options,
     last_student,
     mean_std,
@@ -135,7 +135,7 @@ def train(args, phase: str, seeds: list[int], names: list[str]) -> list[dict]:
     its students (the ``slade`` run itself carried on, and the others started from hard links to its
     stages) are queued, so that no core waits on a seed whose students are running one by one.
     """
-    base = [f"data.pool={args.pool}", "analysis.enabled=false", *STUDY_CLUSTERS, *args.set]
+    base = [f"data.pool={args.pool}", "analysis.enabled=false", *STUDY_PSEUDO_LABELS, *args.set]
     if phase == "validation":
         base += VALIDATION[args.config]
     roots = {seed: args.out / phase / args.pool / f"seed{seed}" for seed in seeds}

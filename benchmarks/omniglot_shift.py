@@ -98,11 +98,11 @@ PUBLISHED = ["student.mining=confident", "student.miner=multi_similarity", "stud
 # The pseudo labels every recorded omniglot-shift study ran with (the configs' default before K = 600
 # and, on the few-labels preset, DBSCAN were chosen on validation): put before the user's --set, so
 # that `--set pseudo_labels.clusters=K` wins.
-STUDY_CLUSTERS = ["pseudo_labels.method=kmeans", "pseudo_labels.clusters=300"]
+STUDY_PSEUDO_LABELS = ["pseudo_labels.method=kmeans", "pseudo_labels.clusters=300"]
 
 
 def one_seed(args, pool: str, seed: int, shared_teacher: Path | None) -> dict:
-    base = [f"seed={seed}", f"data.pool={pool}", *STUDY_CLUSTERS, *args.set]
+    base = [f"seed={seed}", f"data.pool={pool}", *STUDY_PSEUDO_LABELS, *args.set]
     root = args.out / pool / f"seed{seed}"
     slade_dir, naive_dir = root / "slade", root / "naive"
     result: dict = {"pool": pool, "seed": seed}

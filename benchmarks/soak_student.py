@@ -39,7 +39,7 @@ from slade.stages.student import StudentStage
 from slade.stages.teacher import run_teacher
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from omniglot_shift import STUDY_CLUSTERS  # noqa: E402  the clusters of the recorded soak
+from omniglot_shift import STUDY_PSEUDO_LABELS  # noqa: E402  the pseudo labels of the recorded soak
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -70,7 +70,7 @@ def main() -> None:
 
     config = load_config(args.config, ["pretrain.enabled=false", "teacher.steps=0", "analysis.enabled=false",
                                        "student.steps=100000000", "student.mining=confident",  # SLADE's
-                                       "student.miner=multi_similarity", *STUDY_CLUSTERS, *args.set])
+                                       "student.miner=multi_similarity", *STUDY_PSEUDO_LABELS, *args.set])
     out = Path(args.out or tempfile.mkdtemp(prefix="soak-"))
     device = resolve_device(config.device)
     data = prepare(build_splits(config.data, config.seed), config.data)

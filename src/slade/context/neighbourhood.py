@@ -37,6 +37,12 @@ def nearest_neighbours(embeddings: np.ndarray, k: int) -> tuple[np.ndarray, np.n
     return similarity, neighbours
 
 
+def _within_pool(size: int, n: int, key: str) -> None:
+    if size >= n:
+        raise ConfigError(f"{key}={size}: a neighbourhood larger than the pool ({n} images); "
+                          f"it must be below {n}")
+
+
 def _membership(neighbours: np.ndarray, n: int) -> sp.csr_matrix:
     rows = np.repeat(np.arange(len(neighbours)), neighbours.shape[1])
     return sp.csr_matrix((np.ones(rows.size, dtype=np.float32), (rows, neighbours.ravel())), shape=(n, n))
@@ -86,9 +92,7 @@ def k_reciprocal_encoding(embeddings: np.ndarray, k: int = 20, k2: int = 6,
     n = len(embeddings)
     if k < 1 or k2 < 1:
         raise ConfigError(f"{key}: neighbourhood sizes must be at least 1 (k={k}, k2={k2})")
-    if max(k, k2) >= n:
-        raise ConfigError(f"{key}={max(k, k2)}: a neighbourhood larger than the pool ({n} images); "
-                          f"it must be below {n}")
+    _within_pool(max(k, k2), n, key)
     x = np.ascontiguousarray(embeddings, dtype=np.float32)
     _, neighbours = nearest_neighbours(x, k + 1)
     reciprocal = _reciprocal(neighbours, k, n)
@@ -123,9 +127,7 @@ def jaccard_distance_graph(embeddings: np.ndarray, neighbours: int, similarity: 
     """The k-reciprocal Jaccard distance ``1 - sim`` of each row to its ``neighbours`` nearest rows,
     as a symmetric sparse matrix (the other pairs absent: farther than any ``eps``), for DBSCAN."""
     n = len(embeddings)
-    if neighbours >= n:
-        raise ConfigError(f"{key}={neighbours}: a neighbourhood larger than the pool ({n} images); "
-                          f"it must be below {n}")
+    _within_pool(neighbours, n, key)
     _, nearest = nearest_neighbours(embeddings, neighbours + 1)
     i, j = np.repeat(np.arange(n), neighbours), nearest[:, 1:].ravel()
     distance = np.maximum(1.0 - similarity.pairs(i, j), 1e-6)  # a stored zero would read as no edge

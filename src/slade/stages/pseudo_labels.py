@@ -188,8 +188,7 @@ def _make_pseudo_labels(ctx: RunContext, teacher: str, out: Path, fingerprint: d
     distances = np.full(len(pool), np.nan, dtype=np.float32)
     labels[good], distances[good] = found, found_distances
     hidden = pool.labels[good] if pool.image_set.has_labels else None
-    stats = cluster_statistics(found, k, hidden) | {"teacher": teacher,
-                                                               "unreadable": len(pool) - len(good)}
+    stats = cluster_statistics(found, k, hidden) | {"teacher": teacher, "unreadable": len(pool) - len(good)}
     PseudoLabels(labels, distances, pool.image_set.sources).write(out / layout.TABLE)
     write_json(out / layout.CLUSTERS, stats)
     mark_done(out, fingerprint, [layout.TABLE])
