@@ -102,6 +102,19 @@ def test_resume_with_other_settings_is_refused(class_tree, tmp_path):
         fit(stage, cfg, tmp_path / "run", CPU, fingerprint={"lr": 2})
 
 
+def test_resume_reads_a_setting_added_since_as_its_value_of_before(class_tree, tmp_path):
+    # A checkpoint written before pseudo_labels.method existed was made with k-means labels.
+    stage, cfg = make_stage(class_tree)
+    with pytest.raises(KeyboardInterrupt):
+        fit(crashing_at_step_4(stage), cfg, tmp_path / "run", CPU,
+            fingerprint={"pseudo_labels": {"clusters": 3}})
+    dbscan = {"pseudo_labels": {"clusters": 3, "method": "dbscan"}}
+    with pytest.raises(CheckpointError, match=r"other settings \(pseudo_labels.method\)"):
+        fit(make_stage(class_tree)[0], cfg, tmp_path / "run", CPU, fingerprint=dbscan)
+    kmeans = {"pseudo_labels": {"clusters": 3, "method": "kmeans"}}
+    assert fit(make_stage(class_tree)[0], cfg, tmp_path / "run", CPU, fingerprint=kmeans).steps == 3
+
+
 def nan_at(stage, failing_step, term="rank_unlabeled", times=1):
     """Make ``term`` NaN at 0-based ``failing_step``, the first ``times`` times that step runs."""
     original, left = stage.loss_terms, [times]

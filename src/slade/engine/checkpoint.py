@@ -12,9 +12,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from slade.dicts import differing_keys
 from slade.errors import CheckpointError
 from slade.io import atomic_write
+from slade.stages.fingerprint import fingerprint_differences
 
 TRAINING_STATE = "slade.training-state"
 
@@ -124,7 +124,7 @@ class CheckpointSaver:
             CheckpointError: unreadable, made with another fingerprint, or not fitting a module.
         """
         path, state = self.path, load_checkpoint(self.path, TRAINING_STATE)
-        differing = differing_keys(state.get("fingerprint", {}), self.fingerprint, shared_only=True)
+        differing = fingerprint_differences(state.get("fingerprint", {}), self.fingerprint)
         if differing:
             raise CheckpointError(
                 f"{path}: was written with other settings ({', '.join(differing[:8])}); "
