@@ -66,6 +66,9 @@ def test_a_neighbourhood_larger_than_the_pool_is_refused():
         k_reciprocal_encoding(x, k=10)
     with pytest.raises(ConfigError, match="at least 1"):
         k_reciprocal_encoding(x, k=0)
+    with pytest.raises(ConfigError, match=r"student.context_k=10: a neighbourhood larger than the pool "
+                                          r"\(10 images\); it must be below 10"):
+        neighbour_jaccard(x, k=10)
 
 
 def test_miner_keeps_same_label_pairs_with_context_and_other_pairs_without():

@@ -113,11 +113,15 @@ def k_reciprocal_encoding(embeddings: np.ndarray, k: int = 20, k2: int = 6,
     return ContextualSimilarity(weights.tocsr().astype(np.float32))
 
 
-def neighbour_jaccard(embeddings: np.ndarray, k: int = 20) -> ContextualSimilarity:
-    """The plain reading: Jaccard overlap of the two images' ``k``-nearest-neighbour sets."""
+def neighbour_jaccard(embeddings: np.ndarray, k: int = 20,
+                      key: str = "student.context_k") -> ContextualSimilarity:
+    """The plain reading: Jaccard overlap of the two images' ``k``-nearest-neighbour sets.
+
+    Raises:
+        ConfigError: naming ``key`` when ``k`` is not smaller than the pool.
+    """
     n = len(embeddings)
-    if k >= n:
-        raise ConfigError(f"student.context_k={k}: a neighbourhood larger than the pool ({n} images)")
+    _within_pool(k, n, key)
     _, neighbours = nearest_neighbours(embeddings, k)
     return ContextualSimilarity(_membership(neighbours, n) / k)
 
