@@ -47,6 +47,9 @@ def test_tuple_setting(tmp_path):
          r"student.context_negative_below: must be in \[0, student.context_threshold \(0.05\)\], is 0.1"),
         ("student:\n  context_negative_below: 0.05\n  miner: multi_similarity\n",
          r"student.context_negative_below: needs student.miner empty .*student.miner is 'multi_similarity'"),
+        ("student:\n  context_negative_below: 0.05\n  mining: confident\n  miner: multi_similarity\n",
+         r"student.context_negative_below: only student.mining=contextual reads it \(student.mining is "
+         r"'confident'\); leave it 0"),
         ("pseudo_labels:\n  method: optics\n",
          r"exp.yaml:2: pseudo_labels.method: expected 'kmeans' \| 'dbscan'"),
         ("pseudo_labels:\n  eps: 1.5\n",

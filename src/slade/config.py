@@ -629,6 +629,9 @@ def validate(config: Config) -> None:
         (0.0 <= config.student.context_negative_below <= config.student.context_threshold,
          "student.context_negative_below: must be in [0, student.context_threshold "
          f"({config.student.context_threshold})], is {config.student.context_negative_below}"),
+        (not (config.student.context_negative_below and config.student.mining != "contextual"),
+         "student.context_negative_below: only student.mining=contextual reads it "
+         f"(student.mining is {config.student.mining!r}); leave it 0"),
         (not (config.student.context_negative_below and config.student.miner),
          "student.context_negative_below: needs student.miner empty (a PML miner picks negatives by "
          f"pseudo label and would drop these; student.miner is {config.student.miner!r})"),
