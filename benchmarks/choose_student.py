@@ -74,7 +74,7 @@ RELABEL = ["student.context_threshold=0.05", "student.context_negative_below=0.0
 DBSCAN = "pseudo_labels.method=dbscan"
 # Each preset's validation choice on the disjoint pool (student_choice.md): the configs' defaults.
 # (The overlap pool's test phase ran with the earlier choice: --chosen contextual_t0.05.)
-CHOSEN = {"configs/omniglot_shift.yaml": "contextual_t0.05_k600",
+CHOSEN = {"configs/omniglot_shift.yaml": "dbscan_k20_eps0.5",
           "configs/omniglot_shift_few.yaml": "dbscan_k20_eps0.5"}
 ROUND_ONE = layout.stages(rounds=1)  # pretrain, teacher, pseudo_labels, student
 TEACHER_STAGES = ROUND_ONE[:-1]  # what every student of a seed shares: its teacher's run
