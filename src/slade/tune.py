@@ -28,8 +28,8 @@ from slade import run_layout as layout
 from slade.config import Config, dump_config, load_config, with_settings
 from slade.engine.run_lock import RunLock
 from slade.errors import ConfigError, TrainingError
+from slade.fingerprint import config_fingerprint
 from slade.io import link_tree, read_json, write_text
-from slade.stages.fingerprint import config_fingerprint
 
 log = logging.getLogger("slade")
 

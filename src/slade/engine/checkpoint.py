@@ -13,8 +13,8 @@ import torch
 from torch import nn
 
 from slade.errors import CheckpointError
+from slade.fingerprint import fingerprint_differences
 from slade.io import atomic_write
-from slade.stages.fingerprint import fingerprint_differences
 
 TRAINING_STATE = "slade.training-state"
 

@@ -156,7 +156,7 @@ def fit(
         evaluate: returns retrieval metrics of the current model; called every
             ``config.eval_every`` steps (0: never) and at the end.
         fingerprint: what the run's checkpoint must match to be resumed (the stage's settings
-            and inputs, ``stages/fingerprint.py``).
+            and inputs, ``fingerprint.py``).
         precision: autocast, layout and loss scaling (``train.precision``); None: ``auto``.
         compile: ``torch.compile`` the backbone of each embedding network (``train.compile``).
         tracking: where the logged scalars also go (TensorBoard, MLflow: ``tracking.py``).

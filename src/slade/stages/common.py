@@ -34,10 +34,10 @@ from slade.engine import distributed
 from slade.engine.checkpoint import TRAINING_STATE, load_checkpoint
 from slade.engine.precision import Precision, resolve_precision
 from slade.errors import CheckpointError
+from slade.fingerprint import config_fingerprint, fingerprint_differences
 from slade.inference import Images, embed_dataset, load_embedding_net, save_embedder
 from slade.io import read_json, remove_partial_writes, write_json
 from slade.models.embedder import EmbeddingNet, create_embedder
-from slade.stages.fingerprint import config_fingerprint, fingerprint_differences
 from slade.tracking import Tracking
 
 log = logging.getLogger("slade")

@@ -1,4 +1,4 @@
-from slade.stages.fingerprint import fingerprint_differences
+from slade.fingerprint import fingerprint_differences
 
 
 def test_keys_on_one_side_only_do_not_count():

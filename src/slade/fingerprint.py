@@ -2,7 +2,8 @@
 
 A stage's fingerprint (``RunContext.fingerprint``) holds its config section, the data and model
 settings, the seed, and the digests of the files it read from earlier stages. It is stored in the
-stage's checkpoint and in its ``done.json`` (``stages/common.py``).
+stage's checkpoint and in its ``done.json`` (``stages/common.py``); the training loop's checkpoint
+(``engine/checkpoint.py``) and the stages compare them by the one rule here.
 """
 
 from __future__ import annotations
