@@ -25,9 +25,10 @@ TINY = [
     "evaluation.batch_size=64",
     # The visual analysis that ends `slade run` is tested in tests/analysis/.
     "analysis.enabled=false",
-    # SLADE as published, whose basis and confident pairs these tests follow through the pipeline
-    # (the default contextual student runs in tests/reliability/).
-    "student.mining=confident", "student.miner=multi_similarity",
+    # SLADE as published (k-means, the basis and confident pairs), which these tests follow through
+    # the pipeline (the contextual student runs in tests/reliability/, the demo's default DBSCAN
+    # student in tests/reliability/test_default_student.py).
+    "pseudo_labels.method=kmeans", "student.mining=confident", "student.miner=multi_similarity",
 ]
 METRIC_KEYS = {"recall@1", "recall@2", "recall@4", "recall@8", "map@r", "r_precision",
                "precision@1", "nmi"}

@@ -207,8 +207,10 @@ class PseudoLabelConfig:
 
 @dataclass
 class StudentConfig(RankingConfig):
-    """Stage 3: the student. By default the contextual student, chosen on validation classes
-    (benchmarks/results/student_choice.md); ``mining: confident`` with ``miner: multi_similarity``
+    """Stage 3: the student. By default the contextual student (``mining: contextual``), the first
+    choice on omniglot-shift's validation classes; the omniglot-shift presets and ``slade demo``
+    train every pair (``mining: all_pairs``) of DBSCAN pseudo labels, the later choice
+    (benchmarks/results/student_choice.md). ``mining: confident`` with ``miner: multi_similarity``
     is SLADE as published (feature basis learning and confident pseudo pairs)."""
 
     # No miner: every pair of a batch trains (on omniglot-shift's validation classes the unmined
