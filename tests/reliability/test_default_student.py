@@ -1,6 +1,7 @@
 """The demo's default student, run end to end on the tiny data: DBSCAN pseudo labels on the
 k-reciprocal Jaccard distance and every pair of the clustered images, no miner, no basis (chosen on
-omniglot-shift's validation classes, benchmarks/results/student_choice.md)."""
+omniglot-shift's validation classes, benchmarks/results/student_choice.md); and the contextual
+student, which the reliability tests' tiny demo follows through every fault."""
 
 import json
 
@@ -31,4 +32,15 @@ def test_the_demo_default_student_trains_every_pair_of_its_dbscan_clusters(tmp_p
     assert len(steps) == 8 and all(e["rank_unlabeled"] > 0 for e in steps)  # the pseudo pairs train
     # every pair of the batch: nothing mined (no pair counts), no filter, no basis
     assert not {"pos_pairs", "context_kept", "basis_ce"} & steps[0].keys()
+    assert 0.0 <= metrics["student"]["recall@1"] <= 1.0
+
+
+def test_the_reliability_tests_follow_the_contextual_student_without_a_miner(reference):
+    out, metrics = reference
+    student = yaml.safe_load((out / layout.CONFIG).read_text())["student"]
+    assert (student["mining"], student["miner"], student["context_threshold"]) == ("contextual", "", 0.05)
+    steps = [e for e in map(json.loads, (out / layout.STUDENT / layout.LOG).read_text().splitlines())
+             if "loss" in e]
+    assert all("context_kept" in e and 0.0 <= e["context_kept"] <= 1.0 for e in steps)
+    assert "basis_ce" not in steps[0]  # no basis is trained, not even in the warm-up steps
     assert 0.0 <= metrics["student"]["recall@1"] <= 1.0
