@@ -19,15 +19,17 @@ import os
 import platform
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import omniglot_shift  # noqa: E402
 from omniglot_shift import add_run_options, mean_std, seed_from, slade_run  # noqa: E402
 
 DEMO = "src/slade/configs/demo.yaml"
 VALIDATION = ["data.validation=0.25", "analysis.enabled=false"]
 # Both pinned, so that a later change of the demo's defaults leaves these runs as they were (the
-# contextual student's runs keep the library's DBSCAN keys, which k-means does not read).
+# contextual runs keep the DBSCAN keys the library had when they were made; k-means reads none).
 STUDENTS = {
     "contextual": ["pseudo_labels.method=kmeans", "pseudo_labels.clusters=300", "pseudo_labels.context_k=30",
                    "pseudo_labels.eps=0.6", "student.mining=contextual", "student.miner=",
@@ -40,12 +42,12 @@ STUDENTS = {
 def one_seed(out: Path, seed: int, threads: int) -> dict:
     base = [f"seed={seed}", *VALIDATION]
     root = out / f"seed{seed}"
-    # The teacher's run is the contextual student's stopped after its k-means pseudo labels (the
-    # `dbscan` run redoes stage 2 with its own method).
+    # The teacher's run is the contextual student's stopped after its k-means pseudo labels; both
+    # students start from its stages (the `dbscan` run redoes stage 2 with its own method).
     teacher = slade_run(root / "teacher", DEMO, base + STUDENTS["contextual"], "pseudo_labels", threads)
     result = {"teacher": teacher["teacher"]}
     for name, overrides in STUDENTS.items():
-        seed_from(root / "teacher", root / name, ["pretrain", "teacher"])
+        seed_from(root / "teacher", root / name, ["pretrain", "teacher", "pseudo_labels"])
         result[name] = slade_run(root / name, DEMO, base + overrides, None, threads)["student"]
     return result
 
@@ -55,12 +57,15 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     add_run_options(parser, Path("runs/demo_student"))
     args = parser.parse_args()
-    threads = args.threads or os.cpu_count() or 1
+    omniglot_shift.REPORT_ONLY = args.report_only  # slade_run then reads the finished runs' metrics
+    threads = args.threads or max(1, (os.cpu_count() or 1) // args.jobs)
     started = time.perf_counter()
-    results = [one_seed(args.out, seed, threads) for seed in args.seeds]
+    with ThreadPoolExecutor(args.jobs) as executor:  # seeds side by side
+        results = list(executor.map(lambda seed: one_seed(args.out, seed, threads), args.seeds))
     lines = ["# `slade demo`'s student on the demo's validation classes", "",
              f"Command: `{' '.join([Path(sys.executable).name, *sys.argv])}`  ",
-             f"Machine: {platform.machine()}, {os.cpu_count()} CPU cores, {threads} torch thread(s).", "",
+             f"Machine: {platform.machine()}, {os.cpu_count()} CPU cores, {args.jobs} seed(s) side by side "
+             f"with {threads} torch thread(s) each.", "",
              "| model | " + " | ".join(f"seed {s}, recall@1 / map@r" for s in args.seeds)
              + " | recall@1 | map@r |", "|---|" + "---|" * (len(args.seeds) + 2)]
     for name in ["teacher", *STUDENTS]:
