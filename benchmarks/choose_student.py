@@ -102,11 +102,13 @@ CANDIDATES = {name: (family, PUBLISHED + overrides) for name, (family, overrides
     "contextual_relabel_k600": ("contextual", ["student.mining=contextual", NO_MINER, *RELABEL, K600]),
     # Re-identification's pseudo labels, the contextual signal used to cluster (issue 13, item 5):
     # DBSCAN on the k-reciprocal Jaccard distance, its outliers not trained on, every pair of the
-    # clustered images trained on. `dbscan`: the library's defaults (Cluster Contrast's Market-1501
-    # settings, not tuned here). On the few-labels preset's seed-0 validation teacher they chain the
-    # pool into clusters of 1,447, 883 and 644 images; `dbscan_k20_eps0.5` is the setting that finds
-    # the most clusters there (493, over k 20 / 30 and eps 0.4-0.6; no label read, 52% left out).
-    "dbscan": ("contextual", ["student.mining=all_pairs", NO_MINER, DBSCAN]),
+    # clustered images trained on. `dbscan`: Cluster Contrast's Market-1501 settings (k 30, eps
+    # 0.6; the library's defaults when it ran, not tuned here). On the few-labels preset's seed-0
+    # validation teacher they chain the pool into clusters of 1,447, 883 and 644 images;
+    # `dbscan_k20_eps0.5` is the setting that finds the most clusters there (493, over k 20 / 30 and
+    # eps 0.4-0.6; no label read, 52% left out).
+    "dbscan": ("contextual", ["student.mining=all_pairs", NO_MINER, DBSCAN,
+                              "pseudo_labels.context_k=30", "pseudo_labels.eps=0.6"]),
     "dbscan_k20_eps0.5": ("contextual", ["student.mining=all_pairs", NO_MINER, DBSCAN,
                                          "pseudo_labels.context_k=20", "pseudo_labels.eps=0.5"]),
     "contextual_t0.05_dbscan": ("contextual", ["student.mining=contextual", NO_MINER,

@@ -1,7 +1,12 @@
+from pathlib import Path
+
 import pytest
 
+from slade.cli import DEMO_CONFIG
 from slade.config import Config, diff_configs, dump_config, load_config
 from slade.errors import ConfigError
+
+CONFIGS = Path(__file__).parents[1] / "configs"
 
 
 def write(tmp_path, text):
@@ -14,6 +19,19 @@ def test_defaults_without_file():
     config = load_config()
     assert config == Config()
     assert config.data.dataset == "glyphs"
+
+
+def student_choice(config):
+    """The settings that make the student chosen in benchmarks/results/student_choice.md."""
+    p, s = config.pseudo_labels, config.student
+    return p.method, p.context_k, p.eps, s.mining, s.miner
+
+
+@pytest.mark.parametrize("path", [DEMO_CONFIG, CONFIGS / "omniglot_shift.yaml",
+                                  CONFIGS / "omniglot_shift_few.yaml"])
+def test_the_demo_and_the_presets_name_the_library_default_student(path):
+    chosen = ("dbscan", 20, 0.5, "all_pairs", "")
+    assert student_choice(load_config(path)) == student_choice(Config()) == chosen
 
 
 def test_yaml_overrides_defaults_and_set_overrides_yaml(tmp_path):
@@ -45,7 +63,7 @@ def test_tuple_setting(tmp_path):
         ("teacher:\n  batch_size: 30\n", r"teacher.batch_size: must be a multiple of teacher.m_per_class"),
         ("student:\n  context_negative_below: 0.1\n",
          r"student.context_negative_below: must be in \[0, student.context_threshold \(0.05\)\], is 0.1"),
-        ("student:\n  context_negative_below: 0.05\n  miner: multi_similarity\n",
+        ("student:\n  context_negative_below: 0.05\n  mining: contextual\n  miner: multi_similarity\n",
          r"student.context_negative_below: needs student.miner empty .*student.miner is 'multi_similarity'"),
         ("student:\n  context_negative_below: 0.05\n  mining: confident\n  miner: multi_similarity\n",
          r"student.context_negative_below: only student.mining=contextual reads it \(student.mining is "

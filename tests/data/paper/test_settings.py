@@ -40,6 +40,9 @@ def test_paper_configs_carry_the_papers_choices(name, dataset, recall):
     assert (config.data.image_size, config.data.channels, config.data.augmentation) == (224, 3, "photo")
     assert (config.student.batch_size, config.student.unlabeled_batch_size) == (32, 32)
     assert config.student.momentum == 0.99 and config.student.lambda1 == 1.0
+    # SLADE as published, not the library's default student: k-means, Eq. 7, the MS miner
+    assert (config.pseudo_labels.method, config.student.mining, config.student.miner) == (
+        "kmeans", "confident", "multi_similarity")
 
 
 @pytest.mark.parametrize("dataset, expected", [
